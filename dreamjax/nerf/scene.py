@@ -1,0 +1,62 @@
+"""The trainable scene: a `NeRFMLP` for the object and a `BackgroundMLP`, with their parameters in one pytree
+`{'nerf': ..., 'background': ...}`, and the render call the train step, previews and exports share."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dreamjax import cameras as cam_lib
+from dreamjax.nerf import encoding, mlp, render
+
+
+def make_models(config: ml_collections.ConfigDict) -> tuple[mlp.NeRFMLP, mlp.BackgroundMLP]:
+  """The two Flax modules from `config.nerf`."""
+  c = config.nerf
+  nerf = mlp.NeRFMLP(num_freqs=c.num_freqs, width=c.width, num_blocks=c.num_blocks,
+                     blob_strength=c.blob_strength, blob_width=c.blob_width,
+                     density_bias_init=c.density_bias_init)
+  bg = mlp.BackgroundMLP(num_freqs=c.bg_num_freqs, width=c.bg_width, depth=c.bg_depth)
+  return nerf, bg
+
+
+def init_params(rng, config: ml_collections.ConfigDict) -> dict:
+  """Fresh scene parameters {'nerf', 'background'}."""
+  nerf, bg = make_models(config)
+  k1, k2 = jax.random.split(rng)
+  return {"nerf": nerf.init(k1, jnp.zeros((1, 3)), jnp.float32(1e-2))["params"],
+          "background": bg.init(k2, jnp.zeros((1, 3)))["params"]}
+
+
+def render_settings(config: ml_collections.ConfigDict) -> render.RenderSettings:
+  c = config.render
+  return render.RenderSettings(radius=c.radius, near=c.near, num_coarse=c.num_coarse, num_fine=c.num_fine,
+                               resample_padding=c.resample_padding, ambient=config.shading.ambient,
+                               diffuse=config.shading.diffuse)
+
+
+def ipe_variance(config: ml_collections.ConfigDict, step) -> jnp.ndarray:
+  """The annealed IPE variance at `step` (5e-2 -> 2e-3 over `anneal_frac` of training by default)."""
+  c = config.nerf
+  return encoding.annealed_variance(step, int(c.ipe_anneal_frac * config.train.num_steps), c.ipe_var_start,
+                                    c.ipe_var_end)
+
+
+def fields(params: dict, config: ml_collections.ConfigDict):
+  """(field_fn, background_fn) closures over `params` for the renderer."""
+  nerf, bg = make_models(config)
+  field_fn = lambda mean, var: nerf.apply({"params": params["nerf"]}, mean, var)
+  background_fn = lambda d: bg.apply({"params": params["background"]}, d)
+  return field_fn, background_fn
+
+
+def render_scene(params: dict, config: ml_collections.ConfigDict, cams: cam_lib.Cameras, rng, *, step, light_pos,
+                 mode, height=None, width=None, randomized=True, background_fn=None, **kw) -> dict:
+  """Renders the scene from `cams` at the config's resolution (or height/width). Returns [N, H, W, ...] outputs."""
+  field_fn, bg_fn = fields(params, config)
+  h = height or config.render.height
+  w = width or config.render.width
+  return render.render_views(field_fn, background_fn or bg_fn, cams, h, w, rng, var=ipe_variance(config, step),
+                             light_pos=light_pos, mode=mode, settings=render_settings(config),
+                             randomized=randomized, **kw)
