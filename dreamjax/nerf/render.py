@@ -126,14 +126,15 @@ def lambertian(albedo, normals, points, light_pos, mode, ambient: float = 0.1, d
 
 
 def render_rays(field_fn: FieldFn, background_fn: BackgroundFn, origins, directions, rng, *, var, light_pos, mode,
-                settings: RenderSettings = RenderSettings(), randomized: bool = True) -> dict:
+                settings: RenderSettings = RenderSettings(), randomized: bool = True, all_modes: bool = False) -> dict:
   """Renders R rays.
 
   origins, directions [R, 3] (unit directions); var: IPE variance (scalar); light_pos [R, 3]; mode [R] int.
   Returns a dict of per-ray outputs: rgb [R, 3] (composited over the background), opacity [R], depth [R]
   (expected ray distance of the surface, 0 where empty), albedo [R, 3], normal [R, 3] (weighted, unnormalised),
   loss_orient [R] (sum_i sg(w_i) max(0, n_i·v)^2), loss_opacity [R] (sqrt(opacity^2 + 0.01)),
-  weights [R, S] and t_mid [R, S].
+  weights [R, S] and t_mid [R, S]. With all_modes, also rgb_modes [R, 3 modes, 3]: the image in every shading mode
+  (ALBEDO, SHADED, TEXTURELESS) from one field evaluation (previews); `mode` is then ignored.
   """
   k_coarse, k_fine = jax.random.split(rng)
   t0, t1, hit = intersect_sphere(origins, directions, settings.radius)
@@ -164,7 +165,14 @@ def render_rays(field_fn: FieldFn, background_fn: BackgroundFn, origins, directi
   background = background_fn(directions)
   rgb = jnp.sum(w * colour, axis=-2) + (1.0 - opacity[..., None]) * background
   n_dot_v = jnp.sum(normals * directions[..., None, :], axis=-1)
-  return {
+  extra = {}
+  if all_modes:
+    composite = lambda c: jnp.sum(w * c, axis=-2) + (1.0 - opacity[..., None]) * background
+    extra["rgb_modes"] = jnp.stack([
+        composite(lambertian(albedo, normals, pts, jnp.broadcast_to(light_pos[:, None, :], pts.shape),
+                             jnp.full((n_rays, n_samples), m), settings.ambient, settings.diffuse))
+        for m in (cam_lib.ALBEDO, cam_lib.SHADED, cam_lib.TEXTURELESS)], axis=-2)
+  return extra | {
       "rgb": rgb,
       "opacity": opacity,
       "depth": jnp.sum(weights * t_mid, axis=-1),

@@ -60,3 +60,36 @@ def render_scene(params: dict, config: ml_collections.ConfigDict, cams: cam_lib.
   return render.render_views(field_fn, background_fn or bg_fn, cams, h, w, rng, var=ipe_variance(config, step),
                              light_pos=light_pos, mode=mode, settings=render_settings(config),
                              randomized=randomized, **kw)
+
+
+def render_scene_chunked(params: dict, config: ml_collections.ConfigDict, cams: cam_lib.Cameras, *, step,
+                         light_pos, height: int, width: int, chunk: int = 4096, all_modes: bool = True,
+                         keep=("rgb_modes", "opacity", "depth", "albedo", "normal")) -> dict:
+  """Deterministic render of many pixels in fixed-size ray chunks (previews, videos, evaluation); bounded memory.
+
+  light_pos [N, 3]. Returns numpy arrays [N, H, W, ...]; `rgb_modes` is [N, H, W, 3 modes, 3].
+  """
+  import numpy as np  # local: the hot path above is pure JAX
+  field_fn_of = lambda p: fields(p, config)
+  settings = render_settings(config)
+  var = ipe_variance(config, step)
+  origins, directions = cam_lib.camera_rays(cams, height, width)
+  n = origins.shape[0]
+  lights = jnp.broadcast_to(light_pos[:, None, None, :], origins.shape)
+  flat = [np.asarray(x).reshape(-1, 3) for x in (origins, directions, lights)]
+  total = flat[0].shape[0]
+  pad = (-total) % chunk
+  flat = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in flat]
+
+  @jax.jit
+  def render_chunk(p, o, d, l):
+    field_fn, bg_fn = field_fn_of(p)
+    out = render.render_rays(field_fn, bg_fn, o, d, jax.random.PRNGKey(0), var=var, light_pos=l,
+                             mode=jnp.zeros(o.shape[0], jnp.int32), settings=settings, randomized=False,
+                             all_modes=all_modes)
+    return {k: out[k] for k in keep}
+
+  pieces = [jax.device_get(render_chunk(params, *(x[i:i + chunk] for x in flat)))
+            for i in range(0, total + pad, chunk)]
+  return {k: np.concatenate([pc[k] for pc in pieces])[:total].reshape((n, height, width) + pieces[0][k].shape[1:])
+          for k in keep}
