@@ -13,9 +13,7 @@ docs/performance.md (none yet on an accelerator).
 
 import ml_collections
 
-NFSD_NEGATIVE = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, low-resolution, "
-                 "gloomy")
-
+from dreamjax import distill, optim
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -86,42 +84,23 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior.variant = ""  # weight file variant, e.g. "fp16" ("" = full precision files)
   c.prior.dtype = "auto"  # frozen-network dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
 
-  c.distill = ml_collections.ConfigDict()
-  c.distill.name = "sds"  # 'sds' (DreamFusion) | 'nfsd' (noise-free SD) | 'sjc' (score Jacobian chaining)
-  c.distill.guidance_scale = 100.0  # CFG omega (DF: 100; NFSD uses 7.5)
-  c.distill.cfg_form = "paper"  # 'paper': (1+w) e_c - w e_u | 'diffusers': e_u + w (e_c - e_u)
-  c.distill.weighting = "sds"  # w(t): 'sds' = sigma_t^2 = 1 - abar_t | 'uniform' = 1
-  c.distill.t_min = 0.02  # t ~ U(0.02, 0.98) of the schedule
-  c.distill.t_max = 0.98
-  c.distill.clip = 0.0  # clamp the distillation gradient to [-clip, clip] (0 = off)
-  c.distill.nfsd_t_threshold = 200  # NFSD: below this t the domain term is eps(empty)
-  c.distill.sjc_var_red = True  # SJC: use the variance-reduced score (D - y)/sigma
-  c.distill.negative_prompt = NFSD_NEGATIVE  # NFSD's negative prompt (the text for delta_D)
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "shampoo"  # 'shampoo' (DF) | 'adam' | 'kron'
-  c.optim.lr_init = 1e-9  # linear warmup from 1e-9 ...
-  c.optim.lr_peak = 1e-4  # ... to 1e-4 ...
-  c.optim.warmup_steps = 3000  # ... over 3k steps ...
-  c.optim.lr_end = 1e-6  # ... then cosine decay to 1e-6 at the last step
-  c.optim.total_steps = 15000  # length of the schedule (kept equal to train.num_steps)
-  c.optim.beta1 = 0.9  # momentum
-  c.optim.beta2 = 0.9  # second-moment / statistics decay
-  c.optim.eps = 1e-6  # Shampoo matrix epsilon / Adam eps
-  c.optim.block_size = 128  # Shampoo block size
-  c.optim.exponent_override = 2  # Shampoo inverse-root exponent override
-  c.optim.graft_type = "sqrt_n"  # Shampoo grafting
-  c.optim.preconditioning_compute_steps = 10  # recompute inverse roots every N steps (not in DF)
-  c.optim.start_preconditioning_step = 1  # first step that uses the Kronecker preconditioner
-  c.optim.grad_clip_norm = 0.0  # global-norm clipping before the optimiser (0 = off)
-
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 15000  # DF: 15k iterations
   c.train.log_every = 50  # metrics interval (steps)
   c.train.preview_every = 500  # preview-grid interval (steps; 0 = off)
+  c.train.preview_size = 96  # preview panel size (pixels)
   c.train.checkpoint_every = 1000  # checkpoint interval (steps)
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.disable_jit = False  # debugging: run the step eagerly (chex.fake_pmap_and_jit)
+
+  # Score distillation rule (dreamjax/distill.py documents every field): SDS with omega = 100 (paper CFG form),
+  # w(t) = sigma_t^2, t ~ U(0.02, 0.98). `--config.distill.name=nfsd|sjc` switches rule and its defaults.
+  c.distill = distill.default_distill_config("sds")
+
+  # Optimiser (dreamjax/optim.py documents every field): Shampoo, beta1 = beta2 = 0.9, block 128, exponent 2,
+  # SQRT_N grafting, eps 1e-6; LR warmup 1e-9 -> 1e-4 over 3k steps, cosine to 1e-6 at the last step.
+  c.optim = optim.default_optimizer_config()
+  c.optim.total_steps = c.train.get_ref("num_steps")  # the schedule always spans the whole run
 
   c.export = ml_collections.ConfigDict()
   c.export.video_frames = 120  # turntable frames

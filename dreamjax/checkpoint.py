@@ -1,0 +1,110 @@
+"""Run directories: the resolved config and orbax checkpoints of the `TrainState`.
+
+A workdir holds `config.json` (the config the run was started with) and `checkpoints/<step>/`. Saving is atomic
+(orbax writes to a temporary directory and renames it). A workdir that already holds checkpoints is only ever
+continued (`resume=True`), never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from dreamjax import train_state as ts_lib
+
+
+class CheckpointError(Exception):
+  """A workdir or checkpoint that cannot be used; the message is one line saying what to do."""
+
+
+def config_path(workdir) -> pathlib.Path:
+  return pathlib.Path(workdir) / "config.json"
+
+
+def save_config(workdir, config: ml_collections.ConfigDict) -> None:
+  """Writes the resolved config as JSON (atomically)."""
+  path = config_path(workdir)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run was started with."""
+  path = config_path(workdir)
+  try:
+    data = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise CheckpointError(f"{workdir} is not a dreamjax run directory (no config.json)") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"cannot read {path}: {e}") from None
+  return _to_config(data)
+
+
+def _to_config(data: Any) -> Any:
+  if isinstance(data, dict):
+    c = ml_collections.ConfigDict()
+    for k, v in data.items():
+      c[k] = _to_config(v)
+    return c
+  if isinstance(data, list):
+    return tuple(_to_config(v) for v in data)
+  return data
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` for one workdir."""
+
+  def __init__(self, workdir, every: int = 1000, keep: int = 3):
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
+                                                             create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: ts_lib.TrainState, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.StandardSave(jax.device_get(state)), force=force)
+
+  def restore(self, template: ts_lib.TrainState, step: int | None = None) -> ts_lib.TrainState:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    try:
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax raises many types for unreadable or mismatched files
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or from another config: "
+                            f"{msg[:300]}") from None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+class RestoredRun(NamedTuple):
+  params: Any
+  step: int
+  config: ml_collections.ConfigDict
+
+
+def restore_latest_params(workdir) -> RestoredRun:
+  """Scene parameters, step and config of a run's latest checkpoint (for previews and exports)."""
+  config = load_config(workdir)
+  ckpt = Checkpointer(workdir)
+  if ckpt.latest_step() is None:
+    raise CheckpointError(f"no checkpoint in {ckpt.directory}")
+  state = ckpt.restore(ts_lib.create(config))
+  ckpt.close()
+  return RestoredRun(params=state.params, step=int(state.step), config=config)

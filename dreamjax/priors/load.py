@@ -1,0 +1,32 @@
+"""Builds the prior a config names (`config.prior`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+PRIOR_KINDS = ("stable_diffusion", "toy")
+
+
+def resolve_dtype(name: str):
+  """'auto' -> bfloat16 on GPU/TPU, float32 on CPU; otherwise the named dtype."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  try:
+    return jnp.dtype(name).type
+  except TypeError:
+    raise ValueError(f"prior.dtype {name!r} is not a dtype; use auto, float32, bfloat16 or float16") from None
+
+
+def load_prior(config: ml_collections.ConfigDict):
+  """The frozen prior for `config.prior.kind`. Raises WeightsError (one line) when weights cannot be had."""
+  c = config.prior
+  if c.kind == "stable_diffusion":
+    from dreamjax.priors.stable_diffusion import StableDiffusion
+    return StableDiffusion.from_pretrained(c.model, dtype=resolve_dtype(c.dtype), revision=c.revision or None,
+                                           variant=c.variant or None)
+  if c.kind == "toy":
+    from dreamjax.toy import prior as toy_prior
+    return toy_prior.load(c.model or None, dtype=resolve_dtype(c.dtype))
+  raise ValueError(f"prior.kind {c.kind!r} is unknown; use one of {', '.join(PRIOR_KINDS)}")
