@@ -1,0 +1,261 @@
+"""Score distillation rules (SDS, NFSD, SJC) as pure functions of eps predictions, plus the prior-side step.
+
+Conventions (shared by every function here):
+  * z are the prior's clean latents [B, h, w, c] (from `prior.to_latents`), in the prior's latent units.
+  * t are integer DDPM timesteps [B] in [0, T); abar_t = alphas_cumprod[t] [B], broadcast over trailing axes.
+  * VP forward process: z_t = sqrt(abar) z + sqrt(1 - abar) eps, eps ~ N(0, I).
+  * Every rule returns the per-sample *loss* gradient g with the shape of z: the optimiser descends along -g, and the
+    surrogate loss `surrogate_loss(z, g)` delivers exactly g / B to z (B = batch size), as in threestudio's
+    `0.5 * mse(z, (z - g).detach(), reduction='sum') / B`.
+  * Every rule applies `jnp.nan_to_num` to g and then, if `clip` is a float c, clamps g to [-c, c].
+
+CFG forms (spec D1): paper (DreamFusion) eps_hat = (1 + w) eps_c - w eps_u; diffusers eps_hat = eps_u + s (eps_c - eps_u).
+They agree when w = s - 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dreamjax.priors.base import Prior
+
+PyTree = Any
+
+# The NFSD project page's negative prompt (used to estimate the domain direction delta_D for t >= 200).
+NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
+                        "low-resolution, gloomy")
+
+# Per-rule defaults for the config fields that are left as None in `default_distill_config` (see there).
+RULE_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    # DreamFusion: omega = 100 in the paper's CFG form, w(t) = sigma_t^2 = 1 - abar, t ~ U(0.02, 0.98).
+    'sds': dict(guidance_scale=100.0, cfg_form='paper', weighting='sds', t_min=0.02, t_max=0.98),
+    # NFSD: nominal s = 7.5 in eps_u + s * delta_C form (delta_D + s delta_C), w(t) as SDS, same t range.
+    'nfsd': dict(guidance_scale=7.5, cfg_form='diffusers', weighting='sds', t_min=0.02, t_max=0.98),
+    # SJC: s = 100 in diffusers form, no time weighting (PAAS grad is (D - y) / sigma), t in [10, 970].
+    'sjc': dict(guidance_scale=100.0, cfg_form='diffusers', weighting='uniform', t_min=0.01, t_max=0.97),
+}
+
+
+def default_distill_config(name: str = 'sds') -> ml_collections.ConfigDict:
+  """Config of the distillation rule used by `distill_step`.
+
+  Fields marked "None -> rule default" are typed placeholders: `resolve_distill_config` (called by `distill_step`)
+  replaces a None with `RULE_DEFAULTS[name][field]`. Defaults are therefore picked from the rule name at *use* time,
+  so `--config.distill.name=nfsd` on the command line also switches guidance_scale to 7.5, t range, etc., unless
+  those fields are set explicitly.
+  """
+  cfg = ml_collections.ConfigDict()
+  cfg.name = name  # Rule: 'sds' (DreamFusion), 'nfsd' (noise-free score distillation) or 'sjc' (SJC PAAS, VE form).
+  # CFG scale. None -> rule default: 100 for sds (paper form, omega) and sjc (diffusers form, s), 7.5 for nfsd (s).
+  cfg.guidance_scale = ml_collections.FieldReference(None, field_type=float)
+  # 'paper': (1+w) eps_c - w eps_u; 'diffusers': eps_u + s (eps_c - eps_u). None -> 'paper' for sds, 'diffusers'
+  # for sjc. NFSD's delta_D + s delta_C is intrinsically of diffusers form; 'paper' there uses s + 1.
+  cfg.cfg_form = ml_collections.FieldReference(None, field_type=str)
+  # w(t): 'sds' = 1 - abar_t (DF's sigma_t^2), 'uniform' = 1. None -> 'sds' for sds/nfsd, 'uniform' for sjc.
+  cfg.weighting = ml_collections.FieldReference(None, field_type=str)
+  # t ~ randint[round(t_min T), round(t_max T)] inclusive. None -> 0.02 (sds, nfsd) or 0.01 (sjc).
+  cfg.t_min = ml_collections.FieldReference(None, field_type=float)
+  # Upper end of the t range. None -> 0.98 (sds, nfsd: t <= 980) or 0.97 (sjc: t <= 970, SJC code stops at 969).
+  cfg.t_max = ml_collections.FieldReference(None, field_type=float)
+  # None: no clamp; float c: clamp g elementwise to [-c, c] after nan_to_num (threestudio's grad_clip).
+  cfg.clip = ml_collections.FieldReference(None, field_type=float)
+  # NFSD: delta_D = eps_u for t < threshold, eps_u - eps_neg for t >= threshold (NFSD uses 200 of 1000 steps).
+  cfg.nfsd_t_threshold = 200
+  # SJC: True = Eq. 16 (loss grad eps_hat - eps, variance-reduced); False = Eq. 15 (loss grad eps_hat).
+  cfg.sjc_var_red = True
+  # NFSD negative prompt; its embedding is passed to `distill_step` as emb_neg (only nfsd uses it).
+  cfg.negative_prompt = NFSD_NEGATIVE_PROMPT
+  return cfg
+
+
+def resolve_distill_config(cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Returns the config as a plain dict with every None placeholder replaced by the rule's default."""
+  if cfg.name not in RULE_DEFAULTS:
+    raise ValueError(f'Unknown distillation rule {cfg.name!r}; expected one of {sorted(RULE_DEFAULTS)}.')
+  out = dict(cfg.to_dict())
+  for key, value in RULE_DEFAULTS[cfg.name].items():
+    if out.get(key) is None:
+      out[key] = value
+  return out
+
+
+def sample_timesteps(rng: jax.Array, batch: int, num_train_timesteps: int, t_min: float = 0.02,
+                     t_max: float = 0.98) -> jax.Array:
+  """Uniform integer timesteps in [round(t_min T), round(t_max T)] inclusive. Returns int32 [batch].
+
+  For T = 1000 and the SDS defaults this is randint(20, 981), i.e. t in {20, ..., 980} (threestudio/SDF).
+  """
+  lo = int(round(t_min * num_train_timesteps))
+  hi = int(round(t_max * num_train_timesteps))
+  if not 0 <= lo <= hi < num_train_timesteps:
+    raise ValueError(f'Bad timestep range [{lo}, {hi}] for T = {num_train_timesteps}.')
+  return jax.random.randint(rng, (batch,), lo, hi + 1, dtype=jnp.int32)
+
+
+def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float, form: str = 'paper') -> jax.Array:
+  """Classifier-free guided eps. 'paper': (1 + scale) eps_c - scale eps_u; 'diffusers': eps_u + scale (eps_c - eps_u)."""
+  if form == 'paper':
+    return eps_cond + scale * (eps_cond - eps_uncond)
+  if form == 'diffusers':
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+  raise ValueError(f'Unknown CFG form {form!r}; expected "paper" or "diffusers".')
+
+
+def _bcast(a: jax.Array, like: jax.Array) -> jax.Array:
+  """Reshapes a per-sample [B] array to [B, 1, ..., 1] to broadcast against `like` [B, ...]."""
+  a = jnp.asarray(a)
+  return jnp.reshape(a, a.shape + (1,) * (like.ndim - a.ndim))
+
+
+def time_weight(abar_t: jax.Array, weighting: str = 'sds') -> jax.Array:
+  """w(t) [B]: 'sds' -> 1 - abar_t (= sigma_t^2 of the VP process); 'uniform' -> 1."""
+  abar_t = jnp.asarray(abar_t)
+  if weighting == 'sds':
+    return 1.0 - abar_t
+  if weighting == 'uniform':
+    return jnp.ones_like(abar_t)
+  raise ValueError(f'Unknown weighting {weighting!r}; expected "sds" or "uniform".')
+
+
+def _finish(g: jax.Array, clip: Optional[float]) -> jax.Array:
+  """nan_to_num, then the optional elementwise clamp to [-clip, clip]."""
+  g = jnp.nan_to_num(g)
+  if clip is not None:
+    g = jnp.clip(g, -clip, clip)
+  return g
+
+
+def sds_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t: jax.Array, scale: float = 100.0,
+             form: str = 'paper', weighting: str = 'sds', clip: Optional[float] = None) -> jax.Array:
+  """SDS (DreamFusion Eq. 3): g = w(t) (eps_hat - eps). eps_* [B, ...]; abar_t [B]. Returns g [B, ...]."""
+  eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
+  w = _bcast(time_weight(abar_t, weighting), eps_hat)
+  return _finish(w * (eps_hat - eps), clip)
+
+
+def nfsd_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array, t: jax.Array, abar_t: jax.Array,
+              scale: float = 7.5, t_threshold: int = 200, weighting: str = 'sds', form: str = 'diffusers',
+              clip: Optional[float] = None) -> jax.Array:
+  """Noise-free score distillation: g = w(t) (delta_D + s delta_C); no injected-noise term.
+
+  delta_C = eps_c - eps_u; delta_D = eps_u where t < t_threshold, else eps_u - eps_neg (eps_neg: the negative
+  prompt's prediction). `form='paper'` reads `scale` as omega and uses s = omega + 1. Shapes: eps_* [B, ...]; t,
+  abar_t [B]. Returns g [B, ...].
+  """
+  if form not in ('paper', 'diffusers'):
+    raise ValueError(f'Unknown CFG form {form!r}; expected "paper" or "diffusers".')
+  s = scale + 1.0 if form == 'paper' else scale
+  delta_c = eps_cond - eps_uncond
+  small_t = _bcast(jnp.asarray(t) < t_threshold, eps_uncond)
+  delta_d = jnp.where(small_t, eps_uncond, eps_uncond - eps_neg)
+  w = _bcast(time_weight(abar_t, weighting), eps_uncond)
+  return _finish(w * (delta_d + s * delta_c), clip)
+
+
+def sjc_sigma(abar_t: jax.Array) -> jax.Array:
+  """SJC's VE noise level sigma = sqrt((1 - abar) / abar) [B] (dimensionless, per unit of latent)."""
+  abar_t = jnp.asarray(abar_t)
+  return jnp.sqrt((1.0 - abar_t) / abar_t)
+
+
+def sjc_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t: jax.Array, scale: float = 100.0,
+             var_red: bool = True, form: str = 'diffusers', weighting: str = 'uniform',
+             clip: Optional[float] = None) -> jax.Array:
+  """SJC's PAAS gradient, as a loss gradient in the units of the clean latent y (= z). Returns g [B, ...].
+
+  VE picture: z_VE = y + sigma n with sigma = sqrt((1 - abar) / abar) and n = `eps`. The UNet sees
+  z_VE / sqrt(1 + sigma^2) = sqrt(abar) y + sqrt(1 - abar) n, i.e. exactly the VP z_t with the same noise, so the
+  eps predictions are the ones `distill_step` computes for SDS. The denoiser is D = z_VE - sigma eps_hat (CFG in
+  diffusers form, s = 100), and SJC's score estimate is (D - z_VE) / sigma^2 = -eps_hat / sigma.
+
+  SJC back-propagates `-grad` (an *ascent* direction on log p) with
+    var_red=True  (Eq. 16): grad = (D - y) / sigma    = n - eps_hat,
+    var_red=False (Eq. 15): grad = (D - z_VE) / sigma = -eps_hat,
+  i.e. sigma times the score, per unit of y. The returned loss gradient is minus that:
+    var_red=True: g = w (eps_hat - eps)  (SDS with uniform weight);  var_red=False: g = w eps_hat.
+  We use these simplified forms rather than (D - y) / sigma to avoid cancellation at small sigma. w = 1 by default.
+  """
+  eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
+  ascent = (eps - eps_hat) if var_red else -eps_hat
+  w = _bcast(time_weight(abar_t, weighting), eps_hat)
+  return _finish(-w * ascent, clip)
+
+
+def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_params: PyTree, z: jax.Array,
+                 rng: jax.Array, emb_cond: jax.Array, emb_uncond: jax.Array,
+                 emb_neg: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  """The prior side of one distillation step: noise z, one UNet call, apply the rule. Returns (g, aux).
+
+  Args:
+    rule_config: see `default_distill_config` (Python-level; resolved at trace time).
+    prior: a `Prior`; only `predict_eps` and `alphas_cumprod` are used.
+    prior_params: the prior's frozen weights.
+    z: clean latents [B, h, w, c] from `prior.to_latents` (may be a function of trainable params upstream).
+    rng: PRNG key; split into the timestep key and the noise key.
+    emb_cond, emb_uncond, emb_neg: text embeddings [B, L, D]; emb_neg is required by 'nfsd' only.
+  Returns:
+    g: the per-sample loss gradient [B, h, w, c] (constant w.r.t. z and prior_params: use `surrogate_loss`).
+    aux: 't' [B] int32, 'abar_t' [B], 'noise' (the eps drawn) [B, h, w, c], 'g_abs_mean' scalar (mean |g|),
+      'g_norm' [B] (per-sample L2 norm of g), 'nonfinite_eps' scalar (non-finite entries in the UNet output).
+  The UNet sees `stop_gradient(z_t)` and `stop_gradient(prior_params)`, so differentiating anything built from g
+  never differentiates the UNet: its backward pass is never formed.
+  """
+  cfg = resolve_distill_config(rule_config)
+  name = cfg['name']
+  batch = z.shape[0]
+  abar_all = jnp.asarray(prior.alphas_cumprod, dtype=jnp.float32)
+  k_t, k_eps = jax.random.split(rng)
+  t = sample_timesteps(k_t, batch, abar_all.shape[0], cfg['t_min'], cfg['t_max'])
+  abar_t = abar_all[t]
+  compute_dtype = jnp.promote_types(z.dtype, jnp.float32)
+  noise = jax.random.normal(k_eps, z.shape, compute_dtype)
+  a = _bcast(abar_t, z)
+  z_t = jnp.sqrt(a) * z.astype(compute_dtype) + jnp.sqrt(1.0 - a) * noise
+  z_t = jax.lax.stop_gradient(z_t)
+
+  embs = [emb_cond, emb_uncond]
+  if name == 'nfsd':
+    if emb_neg is None:
+      raise ValueError('NFSD needs emb_neg (the embedding of rule_config.negative_prompt).')
+    embs.append(emb_neg)
+  n = len(embs)
+  eps_all = prior.predict_eps(jax.lax.stop_gradient(prior_params), jnp.concatenate([z_t] * n, axis=0),
+                              jnp.concatenate([t] * n, axis=0), jnp.concatenate(embs, axis=0))
+  eps_all = jax.lax.stop_gradient(eps_all).astype(compute_dtype)
+  eps_parts = jnp.split(eps_all, n, axis=0)
+
+  scale = cfg['guidance_scale']
+  common = dict(scale=scale, form=cfg['cfg_form'], weighting=cfg['weighting'], clip=cfg['clip'])
+  if name == 'sds':
+    g = sds_grad(eps_parts[0], eps_parts[1], noise, abar_t, **common)
+  elif name == 'nfsd':
+    g = nfsd_grad(eps_parts[0], eps_parts[1], eps_parts[2], t, abar_t, t_threshold=cfg['nfsd_t_threshold'],
+                  **common)
+  else:  # 'sjc' (resolve_distill_config rejected anything else)
+    g = sjc_grad(eps_parts[0], eps_parts[1], noise, abar_t, var_red=cfg['sjc_var_red'], **common)
+  g = g.astype(z.dtype)
+
+  aux = {
+      't': t,
+      'abar_t': abar_t,
+      'noise': noise,
+      'g_abs_mean': jnp.mean(jnp.abs(g)),
+      'g_norm': jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=-1)),
+      'nonfinite_eps': jnp.sum(~jnp.isfinite(eps_all)),
+  }
+  if name == 'sjc':
+    aux['sigma'] = sjc_sigma(abar_t)
+  return g, aux
+
+
+def surrogate_loss(z: jax.Array, g: jax.Array) -> jax.Array:
+  """0.5 * sum((z - stop_gradient(z - g))^2) / B, a scalar whose gradient w.r.t. z [B, ...] is exactly g / B.
+
+  Its value (0.5 |g|^2 / B) is not a meaningful loss; only its gradient is.
+  """
+  target = jax.lax.stop_gradient(z - g)
+  return 0.5 * jnp.sum(jnp.square(z - target)) / z.shape[0]
