@@ -62,6 +62,14 @@ def max_err(a, b) -> float:
 # ------------------------------------------------------------------------------------------ PyTorch references
 
 
+def test_is_a_prior():
+  """StableDiffusion satisfies the Prior protocol; params hold exactly the UNet and VAE trees."""
+  sd = model()
+  assert isinstance(sd, base.Prior)
+  assert set(sd.params) == {"unet", "vae"}
+  assert sd.alphas_cumprod.dtype == np.float32 and sd.alphas_cumprod.shape == (1000,)
+
+
 def test_text_embeddings_match_pytorch():
   """CLIPTokenizer ids equal the PyTorch run's; Flax CLIP last hidden states match PyTorch's to 1e-4 (abs)."""
   sd, r = model(), ref()

@@ -179,6 +179,11 @@ class StableDiffusion:
     sched_cfg = weights.read_json(root / "scheduler" / "scheduler_config.json")
     _check_supported(unet_cfg, _UNET_REQUIRED, f"{source}: unet")
     _check_supported(vae_cfg, _VAE_REQUIRED, f"{source}: vae")
+    alphas_cumprod = alphas_cumprod_from_config(sched_cfg)  # schedule problems surface before the slow part
+    prediction_type = sched_cfg.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+      raise WeightsError(f"{os.fspath(source)!r}: scheduler prediction_type {prediction_type!r} is not supported "
+                         f"(use an 'epsilon' or 'v_prediction' model)")
     if unet_cfg.get("upcast_attention"):
       log.warning("%s sets upcast_attention; the Flax UNet computes attention in %s.", source, jnp.dtype(dtype).name)
 
@@ -207,8 +212,8 @@ class StableDiffusion:
         log.info("Using %d px VAE inputs (UNet sample_size x VAE factor), not vae sample_size %s.", image_size,
                  vae_cfg.get("sample_size"))
     return cls(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, params=params,
-               text_params=text_params, alphas_cumprod=alphas_cumprod_from_config(sched_cfg),
-               prediction_type=sched_cfg.get("prediction_type", "epsilon"), image_size=image_size, dtype=dtype,
+               text_params=text_params, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type,
+               image_size=image_size, dtype=dtype,
                scaling_factor=vae_cfg.get("scaling_factor", 0.18215), shift_factor=vae_cfg.get("shift_factor"),
                source=os.fspath(source))
 
