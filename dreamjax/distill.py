@@ -9,8 +9,8 @@ Conventions (shared by every function here):
     `0.5 * mse(z, (z - g).detach(), reduction='sum') / B`.
   * Every rule applies `jnp.nan_to_num` to g and then, if `clip` is a float c, clamps g to [-c, c].
 
-CFG forms (spec D1): paper (DreamFusion) eps_hat = (1 + w) eps_c - w eps_u; diffusers eps_hat = eps_u + s (eps_c - eps_u).
-They agree when w = s - 1.
+CFG forms (spec D1): paper (DreamFusion) eps_hat = (1 + w) eps_c - w eps_u; diffusers eps_hat = eps_u + s (eps_c -
+eps_u). They agree when w = s - 1.
 """
 
 from __future__ import annotations
@@ -97,7 +97,10 @@ def sample_timesteps(rng: jax.Array, batch: int, num_train_timesteps: int, t_min
 
 
 def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float, form: str = 'paper') -> jax.Array:
-  """Classifier-free guided eps. 'paper': (1 + scale) eps_c - scale eps_u; 'diffusers': eps_u + scale (eps_c - eps_u)."""
+  """Classifier-free guided eps [B, ...].
+
+  'paper': (1 + scale) eps_c - scale eps_u;  'diffusers': eps_u + scale (eps_c - eps_u).
+  """
   if form == 'paper':
     return eps_cond + scale * (eps_cond - eps_uncond)
   if form == 'diffusers':
@@ -255,7 +258,7 @@ def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_par
 def surrogate_loss(z: jax.Array, g: jax.Array) -> jax.Array:
   """0.5 * sum((z - stop_gradient(z - g))^2) / B, a scalar whose gradient w.r.t. z [B, ...] is exactly g / B.
 
-  Its value (0.5 |g|^2 / B) is not a meaningful loss; only its gradient is.
+  (Up to the float rounding of z - (z - g).) Its value, 0.5 |g|^2 / B, is not a meaningful loss; only its gradient is.
   """
   target = jax.lax.stop_gradient(z - g)
   return 0.5 * jnp.sum(jnp.square(z - target)) / z.shape[0]

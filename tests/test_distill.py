@@ -358,7 +358,7 @@ class NCHWModel(nn.Module):
 
 
 def _np_bilinear_matrix(n_out, n_in):
-  """1-D bilinear interpolation matrix [n_out, n_in] with half-pixel centres, edge-clamped (torch align_corners=False)."""
+  """1-D bilinear interpolation matrix [n_out, n_in]: half-pixel centres, edge-clamped (torch align_corners=False)."""
   m = np.zeros((n_out, n_in))
   for i in range(n_out):
     src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
@@ -452,7 +452,9 @@ class GaussianPriorTest(chex.TestCase):
   """GaussianPrior's eps is E[eps | z_t]; SDS on it is mode seeking, with the predicted CFG targets."""
 
   def test_eps_is_posterior_mean_monte_carlo(self):
-    """predict_eps matches a least-squares regression of eps on z_t from 400k samples x (within 5 s.e.) ~ N(mu, s^2), per t."""
+    """predict_eps matches the least-squares regression of eps on z_t from 400k samples x ~ N(mu, s^2), per t.
+
+    Agreement is required within 5 standard errors of the regression's prediction."""
     prior = GaussianPrior({'p': (np.full((1, 1, 1), 0.3), 0.2)}, ABAR)
     r = np.random.default_rng(0)
     n = 400_000
