@@ -9,8 +9,11 @@ What `shampoo` computes for one parameter tensor, step t (t = 0, 1, ... counts e
 
 1. Shape. Dimensions of size 1 are dropped and neighbouring small dimensions are merged greedily while their product
    stays <= `merge_small_dims_block_size` (a [3, 3, 64, 128] conv kernel becomes [576, 128] with the default 4096).
-   Every merged dimension longer than `block_size` is cut into chunks of `block_size` (the last may be shorter); the
-   tensor is thus tiled by blocks of rank k = len(merged shape).
+   Every merged dimension longer than `block_size` is cut into chunks of `block_size`; the tensor is thus tiled by
+   blocks of rank k = len(merged shape). The last chunk is zero-padded to `block_size` so that all blocks of a tensor
+   are stacked and processed as one batch ([N, b_1, ..., b_k]); zero rows/columns leave the valid part of every
+   statistic and of the preconditioned block exactly unchanged (proof in BlockLayout).
+   Note the default merge size (4096, as in the reference) turns small matrices into vectors: [16, 12] -> [192].
    - Matrices and conv kernels: one statistic per block and per block dimension (two for a matrix block).
    - Vectors (k = 1): one full [d, d] statistic per chunk of <= block_size entries, i.e. full-matrix
      Adagrad/RMSprop inside each chunk. This is what treating the vector as a 1 x n matrix gives: the 1 x 1 left
@@ -62,13 +65,13 @@ as they can be with small score-distillation gradients). There is no multi-devic
 train step averages gradients across devices before the optimiser, and every device computes the same update.
 
 The state is a pytree of arrays only (plus empty tuples), with static shapes, so it can be checkpointed with orbax.
+Statistics and preconditioners of a tensor are stored stacked per merged dim: [N, b_i, b_i].
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import math
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
@@ -148,14 +151,21 @@ def merge_small_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 class BlockLayout:
   """Static description of how one parameter is reshaped and tiled into blocks.
 
+  A merged dim d > block_size is cut into n = ceil(d / block_size) chunks of b = block_size, the last one zero-padded
+  (zero rows and columns change neither the other statistics nor the valid part of the preconditioned block: the
+  padded statistic is [[S, 0], [0, 0]], whose inverse root is blockdiag(S^(-1/p), ...) with the same lambda_max).
+  A dim d <= block_size is one chunk of b = d. Blocks are stacked on a leading axis of size N = prod(n_i).
+
   Attributes:
     shape: the parameter's shape.
     merged: shape after `merge_small_dims`; () means "not preconditioned".
-    chunks: per merged dim, the (start, size) of each chunk of <= block_size entries.
+    counts: n_i, chunks per merged dim.
+    sizes: b_i, chunk size per merged dim (statistic i of every block is [b_i, b_i]).
   """
   shape: tuple[int, ...]
   merged: tuple[int, ...]
-  chunks: tuple[tuple[tuple[int, int], ...], ...]
+  counts: tuple[int, ...]
+  sizes: tuple[int, ...]
 
   @classmethod
   def create(cls, shape: Sequence[int], block_size: int, merge_dims: int, skip_dim_gt: int) -> "BlockLayout":
@@ -163,11 +173,10 @@ class BlockLayout:
     merged = merge_small_dims(shape, merge_dims)
     if any(d > skip_dim_gt for d in shape):
       merged = ()
-    chunks = []
-    for d in merged:
-      step = block_size if block_size > 0 else d
-      chunks.append(tuple((s, min(step, d - s)) for s in range(0, d, step)))
-    return cls(shape, merged, tuple(chunks))
+    split = [0 < block_size < d for d in merged]
+    counts = tuple(-(-d // block_size) if s else 1 for d, s in zip(merged, split))
+    sizes = tuple(block_size if s else d for d, s in zip(merged, split))
+    return cls(shape, merged, counts, sizes)
 
   @property
   def preconditioned(self) -> bool:
@@ -178,57 +187,73 @@ class BlockLayout:
     return len(self.merged)
 
   @property
-  def blocks(self) -> list[tuple[tuple[int, int], ...]]:
-    """Blocks in row-major order; each is a tuple of (start, size) per merged dim."""
-    return list(itertools.product(*self.chunks))
+  def num_blocks(self) -> int:
+    return math.prod(self.counts)
 
   @property
-  def stat_sizes(self) -> list[int]:
-    """Sizes d of the [d, d] statistics, block-major then dim order."""
-    return [size for block in self.blocks for _, size in block]
+  def stat_shapes(self) -> list[tuple[int, int, int]]:
+    """Shapes [N, b_i, b_i] of the stacked statistics, one per merged dim."""
+    return [(self.num_blocks, b, b) for b in self.sizes]
 
-  def split(self, x: jax.Array) -> list[jax.Array]:
-    """[*shape] -> list of blocks [*block_shape] (row-major block order)."""
+  def to_blocks(self, x: jax.Array) -> jax.Array:
+    """[*shape] -> [N, b_1, ..., b_k] (zero-padded, row-major block order)."""
+    k = self.rank
     x = x.reshape(self.merged)
-    if len(self.blocks) == 1:
-      return [x]
-    return [x[tuple(slice(s, s + n) for s, n in block)] for block in self.blocks]
+    x = jnp.pad(x, [(0, n * b - d) for n, b, d in zip(self.counts, self.sizes, self.merged)])
+    x = x.reshape([v for n, b in zip(self.counts, self.sizes) for v in (n, b)])
+    x = x.transpose(list(range(0, 2 * k, 2)) + list(range(1, 2 * k, 2)))
+    return x.reshape((self.num_blocks,) + self.sizes)
 
-  def merge(self, blocks: Sequence[jax.Array]) -> jax.Array:
-    """Inverse of `split`: list of blocks -> [*shape]."""
-    if len(blocks) == 1:
-      return blocks[0].reshape(self.shape)
+  def padding_masks(self) -> list[np.ndarray]:
+    """Per merged dim i, [N, b_i] float32: 1 where row j of statistic i of block n is zero padding."""
+    chunk_index = np.stack(np.unravel_index(np.arange(self.num_blocks), self.counts), axis=-1)  # [N, k]
+    masks = []
+    for i, (n, b, d) in enumerate(zip(self.counts, self.sizes, self.merged)):
+      is_pad = (np.arange(n * b).reshape(n, b) >= d).astype(np.float32)  # [n_i, b_i]
+      masks.append(is_pad[chunk_index[:, i]])
+    return masks
 
-    def nest(flat, counts):
-      if len(counts) == 1:
-        return list(flat)
-      stride = math.prod(counts[1:])
-      return [nest(flat[i * stride:(i + 1) * stride], counts[1:]) for i in range(counts[0])]
-
-    return jnp.block(nest(list(blocks), [len(c) for c in self.chunks])).reshape(self.shape)
+  def from_blocks(self, y: jax.Array) -> jax.Array:
+    """Inverse of `to_blocks`: [N, b_1, ..., b_k] -> [*shape] (padding dropped)."""
+    k = self.rank
+    y = y.reshape(self.counts + self.sizes)
+    y = y.transpose([v for i in range(k) for v in (i, k + i)])
+    y = y.reshape([n * b for n, b in zip(self.counts, self.sizes)])
+    y = y[tuple(slice(0, d) for d in self.merged)]
+    return y.reshape(self.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pure maths.
 
 
-def gram(block: jax.Array, axis: int) -> jax.Array:
-  """G_(axis) G_(axis)^T for a rank-k block: [d_axis, d_axis], contracting every other axis."""
-  others = [a for a in range(block.ndim) if a != axis]
-  return jnp.tensordot(block, block, axes=(others, others), precision=_HIGHEST)
+def block_gram(blocks: jax.Array, axis: int) -> jax.Array:
+  """G_(i) G_(i)^T of every block: [N, b_1..b_k] -> [N, b_i, b_i], i = `axis` (0-based over block dims)."""
+  moved = jnp.moveaxis(blocks, axis + 1, 1)
+  moved = moved.reshape(moved.shape[0], moved.shape[1], -1)
+  return jnp.einsum("nij,nkj->nik", moved, moved, precision=_HIGHEST)
 
 
-def matrix_inverse_pth_root(mats: jax.Array, p: float, epsilon: float) -> jax.Array:
+def matrix_inverse_pth_root(mats: jax.Array, p: float, epsilon: float, padding: jax.Array | None = None) -> jax.Array:
   """(S + eps * lambda_max(S) I)^(-1/p) for symmetric PSD S, via eigh in the dtype of `mats` (float32 in training).
 
   Args:
     mats: [..., d, d] symmetric PSD matrices (batched).
     p: root; the result is S^(-1/p).
     epsilon: relative damping; the ridge is epsilon * max(lambda_max, 1e-16).
+    padding: optional [..., d], 1 on rows/columns of `mats` that are zero padding. Their diagonal is set to
+      c = max(diag(S)) <= lambda_max(S) before eigh. The valid block of the result is unchanged in exact arithmetic
+      (block-diagonal matrix, same lambda_max), and in float32 the padding eigenvalues sit far from the small
+      eigenvalues of S, so the eigen-solver cannot mix padding directions (weight (eps lambda_max)^(-1/p)) into S's
+      near-null space, as it would with zero padding.
   Returns:
     [..., d, d], same dtype as `mats`.
   """
   mats = 0.5 * (mats + jnp.swapaxes(mats, -1, -2))
+  if padding is not None:
+    diag = jnp.diagonal(mats, axis1=-2, axis2=-1)
+    fill = jnp.max(diag, axis=-1, keepdims=True) * padding.astype(mats.dtype)
+    mats = mats + fill[..., :, None] * jnp.eye(mats.shape[-1], dtype=mats.dtype)
   eigvals, eigvecs = jnp.linalg.eigh(mats)
   eigvals = jnp.maximum(eigvals, 0.0)
   ridge = epsilon * jnp.maximum(jnp.max(eigvals, axis=-1, keepdims=True), _LAMBDA_MAX_FLOOR)
@@ -236,13 +261,12 @@ def matrix_inverse_pth_root(mats: jax.Array, p: float, epsilon: float) -> jax.Ar
   return jnp.matmul(eigvecs * scale[..., None, :], jnp.swapaxes(eigvecs, -1, -2), precision=_HIGHEST)
 
 
-def precondition_block(block: jax.Array, preconditioners: Sequence[jax.Array]) -> jax.Array:
-  """Applies P_i along dim i of a rank-k block (P_i symmetric [d_i, d_i]); same shape as `block`."""
-  out = block
-  for p_mat in preconditioners:
-    # Contracts the current leading axis and appends the result as the last axis: after k steps the axes are back
-    # in their original order.
-    out = jnp.tensordot(out, p_mat, axes=[[0], [0]], precision=_HIGHEST)
+def precondition_blocks(blocks: jax.Array, preconditioners: Sequence[jax.Array]) -> jax.Array:
+  """Applies P_i (symmetric, [N, b_i, b_i]) along block dim i of every block: [N, b_1..b_k] -> same shape."""
+  out = blocks
+  for i, p_mat in enumerate(preconditioners):
+    moved = jnp.moveaxis(out, i + 1, -1)  # [N, ..., b_i]
+    out = jnp.moveaxis(jnp.einsum("n...i,nij->n...j", moved, p_mat, precision=_HIGHEST), -1, i + 1)
   return out
 
 
@@ -256,7 +280,7 @@ def _safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
 
 
 class ShampooParamState(NamedTuple):
-  """Per-parameter state. Shapes: statistics/preconditioners [d, d] each (see BlockLayout.stat_sizes)."""
+  """Per-parameter state. statistics/preconditioners: one [N, b_i, b_i] per merged dim (BlockLayout.stat_shapes)."""
   statistics: tuple[jax.Array, ...]
   preconditioners: tuple[jax.Array, ...]
   graft_stats: Union[jax.Array, tuple]  # [*param.shape] for adagrad/rmsprop grafting, else ()
@@ -327,44 +351,44 @@ def shampoo(learning_rate: ScalarOrSchedule,
 
     def init_one(p):
       layout = layout_of(tuple(p.shape))
-      sizes = layout.stat_sizes if layout.preconditioned else []
+      shapes = layout.stat_shapes if layout.preconditioned else []
       return ShampooParamState(
-          statistics=tuple(jnp.zeros((d, d), compute_dtype) for d in sizes),
-          preconditioners=tuple(jnp.eye(d, dtype=compute_dtype) for d in sizes),
+          statistics=tuple(jnp.zeros(s, compute_dtype) for s in shapes),
+          preconditioners=tuple(jnp.broadcast_to(jnp.eye(s[1], dtype=compute_dtype), s) for s in shapes),
           graft_stats=jnp.zeros(p.shape, compute_dtype) if uses_graft_stats else (),
           momentum=jnp.zeros(p.shape, compute_dtype),
           graft_momentum=jnp.zeros(p.shape, compute_dtype))
 
     return ShampooState(count=jnp.zeros([], jnp.int32), param_states=jax.tree.map(init_one, params))
 
-  def update_statistics(layout, g, stats):
-    if not layout.preconditioned:
-      return ()
-    new_stats = []
-    index = 0
-    for block in layout.split(g):
-      for axis in range(layout.rank):
-        new_stats.append(beta2 * stats[index] + stat_new_weight * gram(block, axis))
-        index += 1
-    return tuple(new_stats)
+  def compute_preconditioners(all_stats, all_pads, all_old, all_p):
+    """Inverse roots of every [N, b, b] statistic; one batched eigh per (bucket(b), p).
 
-  def compute_preconditioners(all_stats, all_old, all_p):
-    """Inverse roots of every statistic, batched over matrices with the same (size, p)."""
+    Statistics with b <= 32 are padded to the next power of two (>= 8) to share an eigh call; the padding (and the
+    zero rows of a remainder block) is handled by `matrix_inverse_pth_root(padding=...)`, which leaves the valid
+    block of the result unchanged.
+    """
     groups = {}
     for i, (s, p) in enumerate(zip(all_stats, all_p)):
-      groups.setdefault((s.shape[0], p), []).append(i)
+      b = s.shape[-1]
+      bucket = max(8, 1 << (b - 1).bit_length()) if b <= 32 else b
+      groups.setdefault((bucket, p), []).append(i)
     out = list(all_old)
-    for (_, p), idx in groups.items():
-      new = matrix_inverse_pth_root(jnp.stack([all_stats[i] for i in idx]), p, matrix_epsilon)
-      old = jnp.stack([all_old[i] for i in idx])
-      finite = jnp.all(jnp.isfinite(new), axis=(-2, -1), keepdims=True)
-      new = jnp.where(finite, new, old)
-      for j, i in enumerate(idx):
-        out[i] = new[j]
+    for (bucket, p), idx in groups.items():
+      widths = [bucket - all_stats[i].shape[-1] for i in idx]
+      padded = [jnp.pad(all_stats[i], ((0, 0), (0, w), (0, w))) for i, w in zip(idx, widths)]
+      pads = [np.pad(all_pads[i], ((0, 0), (0, w)), constant_values=1.0) for i, w in zip(idx, widths)]
+      counts = [x.shape[0] for x in padded]
+      new = matrix_inverse_pth_root(jnp.concatenate(padded), p, matrix_epsilon, jnp.asarray(np.concatenate(pads)))
+      for i, part in zip(idx, jnp.split(new, np.cumsum(counts)[:-1])):
+        b = all_stats[i].shape[-1]
+        part = part[:, :b, :b]
+        finite = jnp.all(jnp.isfinite(part), axis=(-2, -1), keepdims=True)
+        out[i] = jnp.where(finite, part, all_old[i])
     return tuple(out)
 
   def graft_direction(g, graft_stats):
-    """Returns (D, new graft_stats); g float32 [*shape]."""
+    """Returns (D, new graft_stats); g [*shape] in compute_dtype."""
     if graft_type == "sgd":
       return g, graft_stats
     if graft_type == "sqrt_n":
@@ -377,19 +401,17 @@ def shampoo(learning_rate: ScalarOrSchedule,
       new_stats = beta2 * graft_stats + stat_new_weight * jnp.square(g)
     return g / (jnp.sqrt(new_stats) + diagonal_epsilon), new_stats
 
-  def shampoo_direction(layout, g, graft, preconditioners):
-    """Grafted Shampoo direction [*shape]."""
-    g_blocks = layout.split(g)
-    precond_blocks = []
-    for b, block in enumerate(g_blocks):
-      precond_blocks.append(precondition_block(block, preconditioners[b * layout.rank:(b + 1) * layout.rank]))
+  def shampoo_direction(layout, g_blocks, graft, preconditioners):
+    """Grafted Shampoo direction [*shape] from the gradient blocks [N, b_1..b_k]."""
+    # Padding entries of a preconditioned block are 0 in exact arithmetic; the mask removes round-off there.
+    mask = layout.to_blocks(jnp.ones(layout.shape, g_blocks.dtype))
+    precond = precondition_blocks(g_blocks, preconditioners) * mask
     if graft_per_block:
-      graft_blocks = layout.split(graft)
-      scaled = [
-          pb * _safe_ratio(jnp.linalg.norm(gb), jnp.linalg.norm(pb)) for pb, gb in zip(precond_blocks, graft_blocks)
-      ]
-      return layout.merge(scaled)
-    direction = layout.merge(precond_blocks)
+      axes = tuple(range(1, layout.rank + 1))
+      graft_norms = jnp.sqrt(jnp.sum(jnp.square(layout.to_blocks(graft)), axis=axes, keepdims=True))
+      precond_norms = jnp.sqrt(jnp.sum(jnp.square(precond), axis=axes, keepdims=True))
+      return layout.from_blocks(precond * _safe_ratio(graft_norms, precond_norms))
+    direction = layout.from_blocks(precond)
     return direction * _safe_ratio(jnp.linalg.norm(graft), jnp.linalg.norm(direction))
 
   def update_fn(updates, state, params=None):
@@ -403,17 +425,22 @@ def shampoo(learning_rate: ScalarOrSchedule,
     else:
       params_flat = [None] * len(grads_flat)
     layouts = [layout_of(tuple(g.shape)) for g in grads_flat]
-    grads32 = [g.astype(compute_dtype) for g in grads_flat]
+    grads_c = [g.astype(compute_dtype) for g in grads_flat]
+    blocks = [lay.to_blocks(g) if lay.preconditioned else None for lay, g in zip(layouts, grads_c)]
 
     # 1. Statistics.
-    new_stats = [update_statistics(lay, g, st.statistics) for lay, g, st in zip(layouts, grads32, states_flat)]
+    new_stats = []
+    for lay, gb, st in zip(layouts, blocks, states_flat):
+      new_stats.append(() if gb is None else tuple(
+          beta2 * s + stat_new_weight * block_gram(gb, i) for i, s in enumerate(st.statistics)))
 
     # 2. Inverse roots, every `preconditioning_compute_steps` steps, for all parameters at once.
     all_stats = [s for stats in new_stats for s in stats]
     all_old = [p for st in states_flat for p in st.preconditioners]
     all_p = [exponent(lay) for lay, stats in zip(layouts, new_stats) for _ in stats]
+    all_pads = [m for lay, stats in zip(layouts, new_stats) if stats for m in lay.padding_masks()]
     if all_stats:
-      compute = functools.partial(compute_preconditioners, all_stats, all_old, all_p)
+      compute = functools.partial(compute_preconditioners, all_stats, all_pads, all_old, all_p)
       if preconditioning_compute_steps == 1:
         all_new = compute()
       else:
@@ -431,10 +458,10 @@ def shampoo(learning_rate: ScalarOrSchedule,
     run_shampoo = count >= start_preconditioning_step
     out_updates = []
     out_states = []
-    for lay, g, g_in, st, stats, precs, param in zip(layouts, grads32, grads_flat, states_flat, new_stats, new_precs,
-                                                     params_flat):
+    for lay, g, g_in, gb, st, stats, precs, param in zip(layouts, grads_c, grads_flat, blocks, states_flat, new_stats,
+                                                         new_precs, params_flat):
       graft, graft_stats = graft_direction(g, st.graft_stats)
-      direction = shampoo_direction(lay, g, graft, precs) if lay.preconditioned else graft
+      direction = shampoo_direction(lay, gb, graft, precs) if lay.preconditioned else graft
       if weight_decay != 0.0:
         decay = weight_decay * param.astype(compute_dtype)
         direction = direction + decay

@@ -225,9 +225,18 @@ def test_merge_small_dims_and_layout():
   assert optim.merge_small_dims((1, 1), 4096) == ()
   assert optim.merge_small_dims((16, 12), 1) == (16, 12)
   layout = optim.BlockLayout.create((3, 3, 64, 128), 128, 4096, 4096)
-  assert layout.stat_sizes == [128, 128] * 4 + [64, 128]  # 576 = 4 * 128 + 64 rows, one column chunk
+  assert layout.stat_shapes == [(5, 128, 128), (5, 128, 128)]  # 576 = 4 * 128 + 64 rows (padded), one column chunk
   x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 64, 128)), jnp.float32)
-  np.testing.assert_array_equal(layout.merge(layout.split(x)), x)
+  blocks = layout.to_blocks(x)
+  np.testing.assert_array_equal(blocks[1], x.reshape(576, 128)[128:256])
+  np.testing.assert_array_equal(blocks[4, :64], x.reshape(576, 128)[512:])
+  np.testing.assert_array_equal(blocks[4, 64:], 0.0)
+  np.testing.assert_array_equal(layout.from_blocks(blocks), x)
+  layout = optim.BlockLayout.create((40, 24), 16, 16, 45)
+  y = np.arange(40 * 24.0).reshape(40, 24)
+  blocks = layout.to_blocks(jnp.asarray(y))
+  assert blocks.shape == (6, 16, 16)
+  np.testing.assert_array_equal(blocks[3, :, :8], y[16:32, 16:24])  # row chunk 1, column chunk 1 (row-major order)
 
 
 def test_inverse_pth_root_closed_form():
@@ -279,18 +288,21 @@ def _final_loss(make_opt, loss, w0, steps):
 
 
 def test_shampoo_beats_adam_and_sgd_on_ill_conditioned_quadratic():
-  """After 200 full-batch steps on f(W) = 1/2 ||A (W - W*) B||^2 (W 16x12, cond(A^T A) = cond(B B^T) = 1e3, f(0) =
-  3.09), each optimiser with its best LR from {1e-3, 3e-3, ..., 10}: Shampoo with the paper's settings (beta1 = beta2
-  = 0.9, exponent 2, SQRT_N graft; dims not merged so it has a 16x16 L and a 12x12 R) reaches a loss at least 4x lower
-  than SGD with momentum 0.9 and than Adam. Measured (CPU): Shampoo 3.3e-5 (lr 3e-2), SGD+momentum 4.0e-4 (lr 3),
-  Adam 6.7e-4 (lr 0.3)."""
+  """f(W) = 1/2 ||A (W - W*) B||^2, W 16x12, cond(A^T A) = cond(B B^T) = 1e3 (Hessian cond 1e6), f(0) = 3.09; 200
+  full-batch steps, every optimiser with a cosine decay from its best peak LR in {1e-3, 3e-3, ..., 10} to 0. Shampoo
+  with the paper's settings (beta1 = beta2 = 0.9, exponent 2, SQRT_N graft, Nesterov; dims not merged, so a 16x16 L
+  and a 12x12 R) ends >= 1000x lower than SGD with momentum 0.9 and than Adam. Measured (CPU, seed 0): Shampoo 8e-13
+  (peak 0.1), SGD+momentum 9.7e-4 (peak 3), Adam 2.4e-3 (peak 0.3); seeds 1, 2: 1e-11 / 1.6e-3 / 4.1e-3 and
+  1.4e-10 / 1.3e-3 / 3.6e-3. (With a constant LR the SQRT_N graft's fixed-size steps make Shampoo bounce around
+  1e-4, 3x better than SGD's 4e-4, but the exact value then depends on round-off.)"""
   loss, w0 = _quadratic()
   steps = 200
   grid = [10.0**e for e in np.arange(-3.0, 1.01, 0.5)]
+  cosine = lambda lr: optax.cosine_decay_schedule(lr, steps)
   makers = {
-      "sgd": lambda lr: optax.sgd(lr, momentum=0.9),
-      "adam": lambda lr: optax.adam(lr),
-      "shampoo": lambda lr: optim.shampoo(lr, merge_small_dims_block_size=1, start_preconditioning_step=1),
+      "sgd": lambda lr: optax.sgd(cosine(lr), momentum=0.9),
+      "adam": lambda lr: optax.adam(cosine(lr)),
+      "shampoo": lambda lr: optim.shampoo(cosine(lr), merge_small_dims_block_size=1, start_preconditioning_step=1),
   }
   best = {}
   for name, make in makers.items():
@@ -298,8 +310,9 @@ def test_shampoo_beats_adam_and_sgd_on_ill_conditioned_quadratic():
     finals = [float(run(lr)) for lr in grid]
     best[name] = min(f for f in finals if math.isfinite(f))
   print("best final losses:", best)
-  assert best["shampoo"] < 0.25 * best["sgd"]
-  assert best["shampoo"] < 0.25 * best["adam"]
+  assert best["sgd"] < 3e-3 and best["adam"] < 1e-2  # both do make progress from 3.09
+  assert best["shampoo"] < 1e-3 * best["sgd"]
+  assert best["shampoo"] < 1e-3 * best["adam"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -429,9 +442,10 @@ def test_make_optimizer_adam_matches_optax_adam_with_schedule():
   m = jax.tree.map(jnp.zeros_like, params)
   v = jax.tree.map(jnp.zeros_like, params)
   rng = np.random.default_rng(6)
+  update = jax.jit(opt.update)
   for t in range(3):
     g = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
-    u, s = opt.update(g, s, params)
+    u, s = update(g, s, params)
     lr = 1e-3 + (1e-2 - 1e-3) * t / 2
     m = jax.tree.map(lambda m_, g_: 0.9 * m_ + 0.1 * g_, m, g)
     v = jax.tree.map(lambda v_, g_: 0.9 * v_ + 0.1 * g_**2, v, g)
@@ -451,5 +465,5 @@ def test_grad_clip_norm_is_applied_before_shampoo():
   for clip, want in [(0.0, 0.5 * g_norm), (1.0, 0.5 * 1.0)]:
     c.grad_clip_norm = clip
     opt = optim.make_optimizer(c)
-    u, _ = opt.update(g, opt.init(g), g)
+    u, _ = jax.jit(opt.update)(g, opt.init(g), g)
     np.testing.assert_allclose(float(jnp.linalg.norm(u["w"])), want, rtol=1e-5)
