@@ -59,12 +59,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(config.optim.name in ("shampoo", "adam", "kron"), f"config.optim.name {config.optim.name!r} is unknown; use "
        "shampoo, adam or kron")
   need(config.optim.lr_peak > 0, "config.optim.lr_peak must be > 0")
+  need(config.optim.warmup_steps <= config.optim.total_steps, f"config.optim.warmup_steps "
+       f"({config.optim.warmup_steps}) must be <= the schedule length ({config.optim.total_steps} steps)")
   need(config.train.checkpoint_every >= 1, "config.train.checkpoint_every must be >= 1")
   need(config.train.keep_checkpoints >= 1, "config.train.keep_checkpoints must be >= 1")
 
 
 def _check_resume_config(workdir, config) -> None:
-  """A resumed run must keep the settings that shape its parameters and trajectory."""
+  """A resumed run must keep the settings that shape its parameters and trajectory; only its length
+  (train.num_steps, and with it the LR schedule's length), logging, previews and exports may change."""
   try:
     old = ckpt_lib.load_config(workdir)
   except ckpt_lib.CheckpointError:
@@ -80,7 +83,10 @@ def _check_resume_config(workdir, config) -> None:
 def _canon(x):
   if hasattr(x, "to_dict"):
     x = x.to_dict()
-  return json.loads(json.dumps(x, sort_keys=True, default=str))
+  x = json.loads(json.dumps(x, sort_keys=True, default=str))
+  if isinstance(x, dict):
+    x.pop("total_steps", None)  # follows train.num_steps, which may grow on resume
+  return x
 
 
 class MetricWriter:
@@ -112,8 +118,13 @@ class MetricWriter:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bool = False, prior=None,
-                       num_devices: int | None = None, export: bool = True, progress: bool = True):
-  """Runs (or continues) a run in `workdir`. Returns the final TrainState. `prior` overrides config.prior (tests)."""
+                       num_devices: int | None = None, export: bool = True, progress: bool = True,
+                       stop_after: int | None = None):
+  """Runs (or continues) a run in `workdir`. Returns the final TrainState.
+
+  `prior` overrides config.prior (tests); `num_devices` limits the devices used; `stop_after` ends the loop after
+  that many steps as if the run had been interrupted (a checkpoint is written; tests of --resume).
+  """
   from dreamjax import export as export_lib
   from dreamjax import render_preview, video
   from dreamjax.priors.load import load_prior
@@ -162,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
     bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, file=sys.stdout)
   t_last, s_last = time.time(), start
   metrics = None
-  for step in range(start, total):
+  end = total if stop_after is None else min(total, stop_after)
+  for step in range(start, end):
     state, metrics = train_step(state, prior_params, text)
     done = step + 1
     if bar:
@@ -180,12 +192,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
                                          size=config.train.preview_size)
       video.save_png(grid, workdir / "previews" / f"step_{done:06d}.png")
       writer.image(done, "preview", grid)
-    ckpt.save(done, state, force=(done == total))
+    ckpt.save(done, state, force=(done == end))
   if bar:
     bar.close()
   ckpt.wait()
   ckpt.close()
-  if is_main and export and start < total:
+  if is_main and export and start < end == total:
     params = jax.device_get(state.params)
     for p in export_lib.export_all(params, config, step=total, out_dir=workdir / "export"):
       print(f"wrote {p}", flush=True)
