@@ -3,7 +3,7 @@
 DreamFusion (DF A.2) trains the NeRF with Distributed Shampoo (Anil et al. 2020, arXiv 2002.09018): beta1 = 0.9,
 beta2 = 0.9, exponent_override = 2, block_size = 128, graft_type = SQRT_N, epsilon = 1e-6, and a learning rate that
 warms up linearly from 1e-9 to 1e-4 over 3000 steps, then decays with a cosine to 1e-6 at step 15000. No Shampoo
-package runs on current JAX (docs/design.md), so the algorithm is written here from the papers' description.
+package runs on current JAX (shared/docs/design.md), so the algorithm is written here from the papers' description.
 
 What `shampoo` computes for one parameter tensor, step t (t = 0, 1, ... counts earlier updates):
 
@@ -34,10 +34,11 @@ What `shampoo` computes for one parameter tensor, step t (t = 0, 1, ... counts e
    uses p = 2k, i.e. L^(-1/4) G R^(-1/4) for a matrix. Distributed Shampoo's `exponent_override` replaces p for every
    factor, so DreamFusion's exponent_override = 2 gives L^(-1/2) G R^(-1/2) for matrices, S^(-1/2) g for vector
    chunks and P_1 ... P_k with (.)^(-1/2) each for rank-k blocks. This module implements exactly that.
-   For a matrix, (L kron R)^(-1/2) is the Kronecker approximation of the full-matrix Adagrad preconditioner H^(-1/2),
-   which is why -1/2 per factor is the usual practical choice.
-4. Preconditioned direction: each block is multiplied by its P_i along dim i (tensordot), blocks are put back
-   together and reshaped to the parameter's shape.
+   Why -1/2 works: up to a scalar, L kron R is a Kronecker approximation of full-matrix Adagrad's statistic
+   H = sum vec(G) vec(G)^T (Morwani et al. 2024, "A New Perspective on Shampoo's Preconditioner"), so
+   L^(-1/2) kron R^(-1/2) approximates H^(-1/2); the scalar does not matter after grafting.
+4. Preconditioned direction: each block is multiplied by its P_i along dim i (batched over blocks), blocks are put
+   back together (padding dropped) and reshaped to the parameter's shape.
 5. Grafting: the Shampoo direction keeps its direction but takes its norm from a first-order "graft" direction D:
    S_hat = S * ||D|| / ||S||, either per block (`graft_per_block=True`, the default asked for in this project) or
    per whole tensor (`graft_per_block=False`, what the google-research code does: "layerwise grafting").
@@ -151,9 +152,10 @@ def merge_small_dims(shape: Sequence[int], max_dim: int) -> tuple[int, ...]:
 class BlockLayout:
   """Static description of how one parameter is reshaped and tiled into blocks.
 
-  A merged dim d > block_size is cut into n = ceil(d / block_size) chunks of b = block_size, the last one zero-padded
-  (zero rows and columns change neither the other statistics nor the valid part of the preconditioned block: the
-  padded statistic is [[S, 0], [0, 0]], whose inverse root is blockdiag(S^(-1/p), ...) with the same lambda_max).
+  A merged dim d > block_size is cut into n = ceil(d / block_size) chunks of b = block_size, the last one zero-padded.
+  Why that is exact: zero gradient rows add nothing to the other dims' statistics; the padded dim's statistic is
+  [[S, 0], [0, 0]], whose damped inverse root is blockdiag(f(S), c I) with the same lambda_max (hence the same
+  ridge), so the valid rows of P G are f(S) G_valid and the padding rows are c * 0 = 0 (masked anyway).
   A dim d <= block_size is one chunk of b = d. Blocks are stacked on a leading axis of size N = prod(n_i).
 
   Attributes:
@@ -204,15 +206,6 @@ class BlockLayout:
     x = x.transpose(list(range(0, 2 * k, 2)) + list(range(1, 2 * k, 2)))
     return x.reshape((self.num_blocks,) + self.sizes)
 
-  def padding_masks(self) -> list[np.ndarray]:
-    """Per merged dim i, [N, b_i] float32: 1 where row j of statistic i of block n is zero padding."""
-    chunk_index = np.stack(np.unravel_index(np.arange(self.num_blocks), self.counts), axis=-1)  # [N, k]
-    masks = []
-    for i, (n, b, d) in enumerate(zip(self.counts, self.sizes, self.merged)):
-      is_pad = (np.arange(n * b).reshape(n, b) >= d).astype(np.float32)  # [n_i, b_i]
-      masks.append(is_pad[chunk_index[:, i]])
-    return masks
-
   def from_blocks(self, y: jax.Array) -> jax.Array:
     """Inverse of `to_blocks`: [N, b_1, ..., b_k] -> [*shape] (padding dropped)."""
     k = self.rank
@@ -234,26 +227,17 @@ def block_gram(blocks: jax.Array, axis: int) -> jax.Array:
   return jnp.einsum("nij,nkj->nik", moved, moved, precision=_HIGHEST)
 
 
-def matrix_inverse_pth_root(mats: jax.Array, p: float, epsilon: float, padding: jax.Array | None = None) -> jax.Array:
+def matrix_inverse_pth_root(mats: jax.Array, p: float, epsilon: float) -> jax.Array:
   """(S + eps * lambda_max(S) I)^(-1/p) for symmetric PSD S, via eigh in the dtype of `mats` (float32 in training).
 
   Args:
     mats: [..., d, d] symmetric PSD matrices (batched).
     p: root; the result is S^(-1/p).
     epsilon: relative damping; the ridge is epsilon * max(lambda_max, 1e-16).
-    padding: optional [..., d], 1 on rows/columns of `mats` that are zero padding. Their diagonal is set to
-      c = max(diag(S)) <= lambda_max(S) before eigh. The valid block of the result is unchanged in exact arithmetic
-      (block-diagonal matrix, same lambda_max), and in float32 the padding eigenvalues sit far from the small
-      eigenvalues of S, so the eigen-solver cannot mix padding directions (weight (eps lambda_max)^(-1/p)) into S's
-      near-null space, as it would with zero padding.
   Returns:
     [..., d, d], same dtype as `mats`.
   """
   mats = 0.5 * (mats + jnp.swapaxes(mats, -1, -2))
-  if padding is not None:
-    diag = jnp.diagonal(mats, axis1=-2, axis2=-1)
-    fill = jnp.max(diag, axis=-1, keepdims=True) * padding.astype(mats.dtype)
-    mats = mats + fill[..., :, None] * jnp.eye(mats.shape[-1], dtype=mats.dtype)
   eigvals, eigvecs = jnp.linalg.eigh(mats)
   eigvals = jnp.maximum(eigvals, 0.0)
   ridge = epsilon * jnp.maximum(jnp.max(eigvals, axis=-1, keepdims=True), _LAMBDA_MAX_FLOOR)
@@ -361,12 +345,11 @@ def shampoo(learning_rate: ScalarOrSchedule,
 
     return ShampooState(count=jnp.zeros([], jnp.int32), param_states=jax.tree.map(init_one, params))
 
-  def compute_preconditioners(all_stats, all_pads, all_old, all_p):
+  def compute_preconditioners(all_stats, all_old, all_p):
     """Inverse roots of every [N, b, b] statistic; one batched eigh per (bucket(b), p).
 
-    Statistics with b <= 32 are padded to the next power of two (>= 8) to share an eigh call; the padding (and the
-    zero rows of a remainder block) is handled by `matrix_inverse_pth_root(padding=...)`, which leaves the valid
-    block of the result unchanged.
+    Statistics with b <= 32 are zero-padded to the next power of two (>= 8) to share an eigh call; as for remainder
+    blocks (BlockLayout), the top-left b x b block of the result is the inverse root of the unpadded statistic.
     """
     groups = {}
     for i, (s, p) in enumerate(zip(all_stats, all_p)):
@@ -377,9 +360,8 @@ def shampoo(learning_rate: ScalarOrSchedule,
     for (bucket, p), idx in groups.items():
       widths = [bucket - all_stats[i].shape[-1] for i in idx]
       padded = [jnp.pad(all_stats[i], ((0, 0), (0, w), (0, w))) for i, w in zip(idx, widths)]
-      pads = [np.pad(all_pads[i], ((0, 0), (0, w)), constant_values=1.0) for i, w in zip(idx, widths)]
       counts = [x.shape[0] for x in padded]
-      new = matrix_inverse_pth_root(jnp.concatenate(padded), p, matrix_epsilon, jnp.asarray(np.concatenate(pads)))
+      new = matrix_inverse_pth_root(jnp.concatenate(padded), p, matrix_epsilon)
       for i, part in zip(idx, jnp.split(new, np.cumsum(counts)[:-1])):
         b = all_stats[i].shape[-1]
         part = part[:, :b, :b]
@@ -438,9 +420,8 @@ def shampoo(learning_rate: ScalarOrSchedule,
     all_stats = [s for stats in new_stats for s in stats]
     all_old = [p for st in states_flat for p in st.preconditioners]
     all_p = [exponent(lay) for lay, stats in zip(layouts, new_stats) for _ in stats]
-    all_pads = [m for lay, stats in zip(layouts, new_stats) if stats for m in lay.padding_masks()]
     if all_stats:
-      compute = functools.partial(compute_preconditioners, all_stats, all_pads, all_old, all_p)
+      compute = functools.partial(compute_preconditioners, all_stats, all_old, all_p)
       if preconditioning_compute_steps == 1:
         all_new = compute()
       else:
