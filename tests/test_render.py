@@ -105,7 +105,7 @@ def _grey_background(d):
 def _render_ball(o, d, key, light, mode):
   """render_rays of the analytic ball over a grey background (SMALL settings), for jit and vmap."""
   return render.render_rays(_sphere_field, _grey_background, o, d, key, var=0.0, light_pos=light, mode=mode,
-                            settings=SMALL)
+                            settings=SMALL, all_modes=True)
 
 
 _render_ball_jit = fast_jit(_render_ball)  # shared by tests, so it compiles once per shape
@@ -255,7 +255,8 @@ class NormalsTest(chex.TestCase):
 
   def test_rendered_normal_is_weighted_radial(self):
     """The rendered `normal` is sum_i w_i x_i / |x_i| over the ray's sample points (float64 from the returned weights
-    and t_mid), and for rays that hit the ball it faces the camera (n . d < 0)."""
+    and t_mid), and for rays that hit the ball it faces the camera (n . d < 0); with all_modes, the albedo-mode image
+    is the closed-form composite and each ray's own-mode image is its `rgb`."""
     o, d = _test_rays()
     out = _render_ball_jit(jnp.asarray(o, jnp.float32), jnp.asarray(d, jnp.float32), jax.random.PRNGKey(0),
                            jnp.ones(o.shape, jnp.float32), jnp.arange(o.shape[0]) % 3)
@@ -263,6 +264,12 @@ class NormalsTest(chex.TestCase):
     pts = o[:, None, :] + t[..., None] * d[:, None, :]
     want = np.sum(w[..., None] * pts / np.linalg.norm(pts, axis=-1, keepdims=True), axis=1)
     np.testing.assert_allclose(out['normal'], want, atol=1e-4)
+    # The all-modes image: albedo mode is 0.5 opacity + 0.25 (1 - opacity) (constant albedo 0.5, grey background),
+    # and each ray's own-mode entry is its `rgb`.
+    opacity = np.asarray(out['opacity'], np.float64)[:, None]
+    want = np.repeat(0.5 * opacity + 0.25 * (1.0 - opacity), 3, axis=1)
+    np.testing.assert_allclose(out['rgb_modes'][:, cam_lib.ALBEDO], want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out['rgb_modes'])[np.arange(7), np.arange(7) % 3], out['rgb'], atol=1e-6)
     # Rays 0 and 2 pass within 0.21 of the centre: opaque, with the normal pointing back at the camera.
     for r in (0, 2):
       assert out['opacity'][r] > 0.9
@@ -351,8 +358,9 @@ class RenderRaysTest(chex.TestCase):
     d = _unit([[0.0, 0.0, -1.0], [0.2, -0.3, -1.0], [-1.0, 0.0, -1.0], [0.0, 0.0, 1.0], [-0.3, 0.4, 1.0],
                [1.0, 0.0, 1.0]])
     out = fast_jit(lambda o, d: render.render_rays(
-        slab, _grey_background, o, d, jax.random.PRNGKey(0), var=0.0, light_pos=o, mode=jnp.zeros(o.shape[0], jnp.int32),
-        settings=SMALL, randomized=False))(jnp.asarray(o, jnp.float32), jnp.asarray(d, jnp.float32))
+        slab, _grey_background, o, d, jax.random.PRNGKey(0), var=0.0, light_pos=o,
+        mode=jnp.zeros(o.shape[0], jnp.int32), settings=SMALL, randomized=False))(
+            jnp.asarray(o, jnp.float32), jnp.asarray(d, jnp.float32))
     t0, t1, _ = _np_intersect(o, d, 1.4)
     t0 = np.maximum(t0, 0.05)
     dz = d[:, 2]
@@ -383,8 +391,9 @@ class RenderRaysTest(chex.TestCase):
     """Gradients of rgb, loss_orient and loss_opacity (their sum with weights 1, 10, 0.1: a non-finite term would
     make it non-finite) w.r.t. all scene parameters (tiny config) are finite for rays that miss, start inside the
     sphere or pass through it, for (a) the initial blob scene, (b) a field with density ~ 0 everywhere (density bias
-    -40), (c) a saturated field (bias +40: pre > 15, trunc_exp's clamp); the gradient w.r.t. the density bias is
-    non-zero in (a). (A constant field, with degenerate normals, is covered by the constant-density test.)"""
+    -40), (c) a saturated field (bias +40: pre > 15, trunc_exp's clamp); in (a) the gradients w.r.t. the density
+    bias, the albedo head and the background MLP are non-zero. (A constant field, whose normals are degenerate, is
+    covered by the constant-density test.)"""
     c, params = _tiny_scene()
     o, d = _test_rays()
     o, d = jnp.asarray(o, jnp.float32), jnp.asarray(d, jnp.float32)
@@ -405,7 +414,9 @@ class RenderRaysTest(chex.TestCase):
     chex.assert_tree_all_finite(grads)
     assert float(opacity[1].max()) < 1e-6  # (b) is empty
     assert float(opacity[2, :5].min()) > 0.999  # (c) is opaque on every ray that enters the sphere
-    assert float(jnp.abs(grads['nerf']['density']['bias'][0, 0])) > 0.0
+    for g in (grads['nerf']['density']['bias'], grads['nerf']['albedo']['kernel'],
+              grads['background']['Dense_0']['kernel']):
+      assert float(jnp.abs(g[0]).max()) > 0.0
 
 
 class SceneTest(chex.TestCase):
@@ -419,9 +430,9 @@ class SceneTest(chex.TestCase):
     np.testing.assert_allclose(scene.ipe_variance(c, 14999), 2e-3, rtol=1e-5)
 
   def test_tiny_scene_render(self):
-    """render_scene on a tiny config under jit, for 3 cameras (outside and inside the sphere) with all three shading modes: [N, H, W]
-    outputs of the right shapes, finite, colours in [0, 1], opacity in [0, 1], loss_opacity in [0.1, sqrt(1.01)],
-    depth >= 0; the initial blob is visible (the centre pixels are more opaque than the corners)."""
+    """render_scene on a tiny config under jit, for 3 cameras (outside and inside the sphere) with all three shading
+    modes: [N, H, W] outputs of the right shapes, finite, colours in [0, 1], opacity in [0, 1], loss_opacity in
+    [0.1, sqrt(1.01)], depth >= 0; the initial blob is visible (the centre pixels are more opaque than the corners)."""
     c, params = _tiny_scene()
     cams = cam_lib.orbit_cameras([20.0, -10.0, 85.0], [0.0, 130.0, 250.0], [1.5, 1.2, 1.0], 0.8 * c.render.width)
     light = jnp.array([[1.0, 0.5, 1.0], [-0.5, 1.2, 0.3], [0.0, 0.1, 1.4]])
