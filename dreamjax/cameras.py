@@ -139,7 +139,9 @@ def camera_rays(cams: Cameras, height: int, width: int) -> tuple[jnp.ndarray, jn
   f = cams.focal[:, None, None]
   d_cam = jnp.stack([(j[None] - width / 2) / f, -(i[None] - height / 2) / f,
                      -jnp.ones((cams.focal.shape[0], height, width))], axis=-1)
-  d_world = jnp.einsum("nab,nhwb->nhwa", cams.c2w, d_cam)
+  # Full float32 for this 3x3 rotation: the default matmul precision is bf16 on TPU / TF32 on recent GPUs, which
+  # bends rays by ~1e-3 rad, a sizeable fraction of a pixel at video resolutions.
+  d_world = jnp.einsum("nab,nhwb->nhwa", cams.c2w, d_cam, precision=jax.lax.Precision.HIGHEST)
   directions = _normalize(d_world)
   origins = jnp.broadcast_to(cams.origins[:, None, None, :], directions.shape)
   return origins, directions
