@@ -206,10 +206,10 @@ def test_matches_float64_numpy_reference_exactly_in_float64(config_name):
 
 @pytest.mark.parametrize("config_name", ["paper_sqrt_n", "adagrad_sum"])
 def test_float32_matches_float64_numpy_reference(config_name):
-  """In float32 (the training setting, paper config and the worst-conditioned one) the same six updates match the float64 reference to 3e-2 relative Frobenius
-  error per tensor (measured worst 1.2e-2: float32 eigh noise, ~1e-7 lambda_max, against the 1e-6 lambda_max ridge on
-  rank-deficient early statistics), and to 1e-4 on tensors whose statistics are well conditioned (the rank-3 kernel,
-  the skipped tensor and the scalar)."""
+  """In float32 (the training setting; the paper config and the worst-conditioned one) the same six updates match the
+  float64 reference to 3e-2 relative Frobenius error per tensor (measured worst 1.2e-2: float32 eigh noise,
+  ~1e-7 lambda_max, against the 1e-6 lambda_max ridge on rank-deficient early statistics), and to 1e-4 on tensors
+  whose statistics are well conditioned (the rank-3 kernel, the skipped tensor and the scalar)."""
   history = _compare_with_reference(REF_CONFIGS[config_name], np.float32)
   for step in history:
     for name, (got, want) in step.items():
