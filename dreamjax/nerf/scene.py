@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,6 +64,18 @@ def render_scene(params: dict, config: ml_collections.ConfigDict, cams: cam_lib.
                              randomized=randomized, **kw)
 
 
+@functools.partial(jax.jit, static_argnames=("nerf", "bg", "settings", "all_modes", "keep"))
+def _render_chunk(params, o, d, l, var, *, nerf, bg, settings, all_modes, keep):
+  """One deterministic chunk for `render_scene_chunked`; module-level and keyed on hashable statics (the Flax
+  modules, settings), so repeated previews reuse one compilation instead of recompiling a fresh closure."""
+  field_fn = lambda mean, v: nerf.apply({"params": params["nerf"]}, mean, v)
+  bg_fn = lambda x: bg.apply({"params": params["background"]}, x)
+  out = render.render_rays(field_fn, bg_fn, o, d, jax.random.PRNGKey(0), var=var, light_pos=l,
+                           mode=jnp.zeros(o.shape[0], jnp.int32), settings=settings, randomized=False,
+                           all_modes=all_modes)
+  return {k: out[k] for k in keep}
+
+
 def render_scene_chunked(params: dict, config: ml_collections.ConfigDict, cams: cam_lib.Cameras, *, step,
                          light_pos, height: int, width: int, chunk: int = 4096, all_modes: bool = True,
                          keep=("rgb_modes", "opacity", "depth", "albedo", "normal")) -> dict:
@@ -70,7 +84,7 @@ def render_scene_chunked(params: dict, config: ml_collections.ConfigDict, cams: 
   light_pos [N, 3]. Returns numpy arrays [N, H, W, ...]; `rgb_modes` is [N, H, W, 3 modes, 3].
   """
   import numpy as np  # local: the hot path above is pure JAX
-  field_fn_of = lambda p: fields(p, config)
+  nerf, bg = make_models(config)
   settings = render_settings(config)
   var = ipe_variance(config, step)
   origins, directions = cam_lib.camera_rays(cams, height, width)
@@ -80,16 +94,9 @@ def render_scene_chunked(params: dict, config: ml_collections.ConfigDict, cams: 
   total = flat[0].shape[0]
   pad = (-total) % chunk
   flat = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in flat]
-
-  @jax.jit
-  def render_chunk(p, o, d, l):
-    field_fn, bg_fn = field_fn_of(p)
-    out = render.render_rays(field_fn, bg_fn, o, d, jax.random.PRNGKey(0), var=var, light_pos=l,
-                             mode=jnp.zeros(o.shape[0], jnp.int32), settings=settings, randomized=False,
-                             all_modes=all_modes)
-    return {k: out[k] for k in keep}
-
-  pieces = [jax.device_get(render_chunk(params, *(x[i:i + chunk] for x in flat)))
+  render_chunk = functools.partial(_render_chunk, nerf=nerf, bg=bg, settings=settings, all_modes=all_modes,
+                                   keep=tuple(keep))
+  pieces = [jax.device_get(render_chunk(params, *(x[i:i + chunk] for x in flat), var))
             for i in range(0, total + pad, chunk)]
   return {k: np.concatenate([pc[k] for pc in pieces])[:total].reshape((n, height, width) + pieces[0][k].shape[1:])
           for k in keep}
