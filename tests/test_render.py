@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamjax import cameras as cam_lib
-from dreamjax.nerf import mlp
 from dreamjax.nerf import render
 from dreamjax.nerf import scene
 
