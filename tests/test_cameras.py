@@ -229,7 +229,8 @@ class ViewLabelsTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_custom_thresholds(self):
-    """front_deg = 60, back_deg = 30, overhead_deg = 30: az 50 and 305 are front, 140 is side, 160 back, el 40 overhead."""
+    """front_deg = 60, back_deg = 30, overhead_deg = 30: az 50 and 305 are front, 140 side, 160 back; el 40 is
+    overhead."""
     fn = self.variant(lambda e, a: cam_lib.view_labels(e, a, front_deg=60.0, back_deg=30.0, overhead_deg=30.0))
     got = fn(jnp.array([0.0, 0.0, 0.0, 40.0, 20.0]), jnp.array([50.0, 140.0, 160.0, 0.0, 305.0]))
     np.testing.assert_array_equal(got, [cam_lib.FRONT, cam_lib.SIDE, cam_lib.BACK, cam_lib.OVERHEAD,
