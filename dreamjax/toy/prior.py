@@ -1,0 +1,183 @@
+"""The toy prior: a small text-conditioned pixel-space DDPM (16×16 RGB) trained on renders of the toy world.
+
+Renders of any size are resized to 16×16 by `PixelPrior.to_latents` (bilinear with antialiasing), exactly as the
+training data (32×32 renders) were. 16×16 rather than 32×32 because the shipped weights had to be trained in about
+half an hour on a shared 2-core CPU: 16×16 costs a quarter of the UNet compute and still tells the five shapes, four
+colours and the two-part objects apart.
+
+Model: diffusers' `FlaxUNet2DConditionModel` (NCHW input, eps-prediction) with the small config `UNET_CONFIG`
+(block_out_channels (32, 64, 64): diffusers' GroupNorm has 32 groups, so every width is a multiple of 32), cross-
+attending to `text.TextEncoder` embeddings [N, 16, 64]. Schedule: the cosine schedule of Nichol & Dhariwal (2021),
+T = 1000 (`cosine_alphas_cumprod`). Trained by `dreamjax.toy.train_prior` with Adam and 10% empty prompts (for
+classifier-free guidance).
+
+Files (in `WEIGHTS_DIR` by default): `toy_prior.msgpack` (flax.serialization of {'unet': ..., 'text': ...}) and
+`toy_prior.json` (architecture, schedule, resolution, training summary).
+
+  prior = load()                        # the shipped weights, a dreamjax.priors.pixel.PixelPrior
+  emb = prior.encode_text(["a red cube, side view"])   # [1, 16, 64]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from dreamjax.priors.pixel import PixelPrior
+from dreamjax.priors.weights import WeightsError, brief_error, cast_floating, check_flax_tree
+from dreamjax.toy import text as text_lib
+
+PyTree = Any
+
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
+PARAMS_FILE = "toy_prior.msgpack"
+CONFIG_FILE = "toy_prior.json"
+RESOLUTION = 16
+NUM_TRAIN_TIMESTEPS = 1000
+
+UNET_CONFIG = dict(
+    sample_size=RESOLUTION, in_channels=3, out_channels=3,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 64), layers_per_block=1,
+    attention_head_dim=4,  # diffusers' Flax UNet reads this as the number of heads (64 channels -> 4 × 16)
+    cross_attention_dim=text_lib.WIDTH)
+TEXT_CONFIG = dict(num_layers=2, num_heads=4)
+
+
+def cosine_alphas_cumprod(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, s: float = 0.008,
+                          max_beta: float = 0.999) -> np.ndarray:
+  """Nichol & Dhariwal's cosine schedule: abar(u) = cos²((u + s)/(1 + s) · π/2), beta_t = 1 - abar((t+1)/T) /
+  abar(t/T) clipped at max_beta, abar_t = prod_{i <= t}(1 - beta_i). Returns abar [T] float32."""
+  f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2
+  t = np.arange(num_train_timesteps, dtype=np.float64)
+  betas = np.minimum(1.0 - f((t + 1) / num_train_timesteps) / f(t / num_train_timesteps), max_beta)
+  return np.cumprod(1.0 - betas).astype(np.float32)
+
+
+def to_latents(images: jnp.ndarray) -> jnp.ndarray:
+  """images [B, H, W, 3] in [0, 1] -> [B, RESOLUTION, RESOLUTION, 3] in [-1, 1], as PixelPrior.to_latents does."""
+  b, h, w, c = images.shape
+  if (h, w) != (RESOLUTION, RESOLUTION):
+    images = jax.image.resize(images, (b, RESOLUTION, RESOLUTION, c), method="bilinear", antialias=True)
+  return 2.0 * images - 1.0
+
+
+def build_unet(config: dict = UNET_CONFIG, dtype=jnp.float32):
+  from diffusers import FlaxUNet2DConditionModel  # heavy import, only when a model is built
+  return FlaxUNet2DConditionModel(**config, dtype=dtype)
+
+
+def build_text_encoder(config: dict = TEXT_CONFIG, dtype=jnp.float32) -> text_lib.TextEncoder:
+  del dtype  # the text encoder runs once per prompt, eagerly, in float32
+  return text_lib.TextEncoder(**config)
+
+
+def init_params(rng, unet, text_encoder) -> dict:
+  """Random {'unet': ..., 'text': ...} for the given modules."""
+  k_u, k_t = jax.random.split(rng)
+  ids = jnp.zeros((1, text_lib.MAX_LEN), jnp.int32)
+  text_params = text_encoder.init(k_t, ids)["params"]
+  x = jnp.zeros((1, unet.in_channels, unet.sample_size, unet.sample_size), jnp.float32)
+  emb = jnp.zeros((1, text_lib.MAX_LEN, unet.cross_attention_dim), jnp.float32)
+  unet_params = unet.init(k_u, x, jnp.zeros((1,), jnp.int32), emb)["params"]
+  return {"unet": unet_params, "text": text_params}
+
+
+def make_encode_text(text_encoder, text_params):
+  """prompts [N] -> embeddings [N, MAX_LEN, WIDTH] (jitted encoder over the word-level tokens)."""
+  apply = jax.jit(lambda p, ids: text_encoder.apply({"params": p}, ids))
+
+  def encode(prompts):
+    return apply(text_params, jnp.asarray(text_lib.tokenize(list(prompts))))
+  return encode
+
+
+def save(out_dir: str | pathlib.Path, params: dict, summary: dict | None = None) -> pathlib.Path:
+  """Writes toy_prior.msgpack (float32 params) and toy_prior.json (configs + `summary`) into out_dir."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  host = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  tmp = out / (PARAMS_FILE + ".tmp")
+  tmp.write_bytes(serialization.msgpack_serialize(host))
+  tmp.replace(out / PARAMS_FILE)
+  meta = {"unet": UNET_CONFIG, "text": TEXT_CONFIG, "schedule": "cosine", "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
+          "prediction_type": "epsilon", "resolution": RESOLUTION, "vocab": list(text_lib.VOCAB),
+          "max_len": text_lib.MAX_LEN, "summary": summary or {}}
+  (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+  return out / PARAMS_FILE
+
+
+def read_params(path: str | pathlib.Path | None = None) -> tuple[dict, dict]:
+  """(params, meta) from a weights folder or .msgpack file (None = the shipped weights). Raises WeightsError."""
+  p = WEIGHTS_DIR if path is None else pathlib.Path(path).expanduser()
+  params_file = p / PARAMS_FILE if p.is_dir() or p.suffix != ".msgpack" else p
+  config_file = params_file.with_name(CONFIG_FILE)
+  if not params_file.exists():
+    raise WeightsError(f"toy prior weights {str(params_file)!r} are missing; train them with `python -m "
+                       f"dreamjax.toy.train_prior --out {params_file.parent}` or pass prior.model=<folder>")
+  try:
+    tree = serialization.msgpack_restore(params_file.read_bytes())
+    meta = json.loads(config_file.read_text()) if config_file.exists() else {}
+  except Exception as e:
+    raise WeightsError(f"cannot read toy prior weights {str(params_file)!r} ({brief_error(e)}); retrain them") from e
+  if meta.get("vocab", list(text_lib.VOCAB)) != list(text_lib.VOCAB):
+    raise WeightsError(f"toy prior weights {str(params_file)!r} were trained with another vocabulary; retrain them")
+  return tree, meta
+
+
+def load(path: str | pathlib.Path | None = None, dtype=jnp.float32) -> PixelPrior:
+  """The toy prior as a `PixelPrior` (channels_first, eps-prediction, 16×16, cosine schedule T = 1000).
+
+  path: a folder holding toy_prior.msgpack (+ toy_prior.json) or the .msgpack itself; None = the shipped weights.
+  dtype: dtype of the UNet's computation and weights (the text encoder stays float32).
+  Raises WeightsError (one line) if the weights are missing, unreadable or do not fit the model.
+  """
+  tree, meta = read_params(path)
+  unet = build_unet(UNET_CONFIG, dtype=dtype)
+  text_encoder = build_text_encoder(TEXT_CONFIG)
+  shapes = jax.eval_shape(lambda k: init_params(k, unet, text_encoder), jax.random.PRNGKey(0))
+  tree = check_flax_tree(tree, shapes, what="toy prior weights")
+  unet_params = jax.device_put(cast_floating(tree["unet"], dtype))
+  text_params = jax.device_put(cast_floating(tree["text"], np.float32))
+  prior = PixelPrior(unet, unet_params, cosine_alphas_cumprod(meta.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS)),
+                     RESOLUTION, prediction_type="epsilon", encode_text=make_encode_text(text_encoder, text_params),
+                     channels_first=True)
+  prior.text_params = text_params
+  prior.meta = meta
+  return prior
+
+
+def sample(prior: PixelPrior, prompts, rng, num_steps: int = 25, guidance: float = 3.0) -> np.ndarray:
+  """Deterministic DDIM samples (eta = 0) with classifier-free guidance, one per prompt.
+
+  eps = eps(x, "") + guidance · (eps(x, prompt) - eps(x, "")); x0 is clipped to [-1, 1] at every step.
+  Returns images [N, R, R, 3] in [0, 1].
+  """
+  prompts = list(prompts)
+  n, r = len(prompts), prior.resolution[0]
+  emb = jnp.concatenate([prior.encode_text(prompts), prior.encode_text([""] * n)])
+  abar = jnp.asarray(prior.alphas_cumprod)
+  steps = np.linspace(len(prior.alphas_cumprod) - 1, 0, num_steps).round().astype(np.int32)
+
+  @jax.jit
+  def update(x, t, t_prev):
+    eps_c, eps_u = jnp.split(prior.predict_eps(prior.params, jnp.concatenate([x, x]), jnp.full((2 * n,), t), emb),
+                             2)
+    eps = eps_u + guidance * (eps_c - eps_u)
+    a = abar[t]
+    x0 = jnp.clip((x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a), -1.0, 1.0)
+    eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+    a_prev = jnp.where(t_prev >= 0, abar[jnp.maximum(t_prev, 0)], 1.0)
+    return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev) * eps
+
+  x = jax.random.normal(rng, (n, r, r, 3))
+  for i, t in enumerate(steps):
+    x = update(x, jnp.int32(t), jnp.int32(steps[i + 1] if i + 1 < len(steps) else -1))
+  return np.asarray((x + 1.0) / 2.0).clip(0.0, 1.0)

@@ -1,0 +1,169 @@
+"""Tests of the toy world: analytic shapes, tokenizer, dataset captions, the shipped prior and classifier."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dreamjax import cameras as cam_lib
+from dreamjax.priors import base
+from dreamjax.priors import oracle
+from dreamjax.priors.weights import WeightsError
+from dreamjax.toy import classifier as clf_lib
+from dreamjax.toy import dataset as ds
+from dreamjax.toy import prior as prior_lib
+from dreamjax.toy import shapes
+from dreamjax.toy import text as text_lib
+
+# Measured on the shipped weights (see dreamjax/toy/weights/MODEL_CARD.md); thresholds leave a margin for the
+# 48 freshly rendered test views.
+EPS_MSE_T = 500
+EPS_MSE_MAX = 0.25  # trivial predictor (eps_hat = 0): 1.0
+CLASSIFIER_SHAPE_MIN = 0.75
+CLASSIFIER_COLOUR_MIN = 0.85
+
+
+def _inside_reference(shape: str, p: np.ndarray) -> np.ndarray:
+  """float64 NumPy membership predicates written from the shapes' definitions (module docstring of shapes.py)."""
+  x, y, z = p[:, 0], p[:, 1], p[:, 2]
+  rho = np.hypot(x, y)
+  if shape == "sphere":
+    return x * x + y * y + z * z < shapes.SPHERE_R ** 2
+  if shape == "cube":
+    return np.all(np.abs(p) < shapes.CUBE_A, axis=1)
+  if shape == "cylinder":
+    return (rho < shapes.CYL_R) & (np.abs(z) < shapes.CYL_H)
+  if shape == "cone":  # radius shrinks linearly from CONE_R at z = -h to 0 at z = +h
+    h = shapes.CONE_H
+    return (z > -h) & (z < h) & (rho < shapes.CONE_R * (h - z) / (2 * h))
+  if shape == "torus":
+    return (rho - shapes.TORUS_R) ** 2 + z * z < shapes.TORUS_r ** 2
+  raise ValueError(shape)
+
+
+@pytest.mark.parametrize("shape", shapes.SHAPES)
+def test_occupancy_matches_definition_and_volume(shape):
+  """Occupancy (sdf < 0) agrees pointwise with a NumPy predicate, and its Monte Carlo volume matches the closed form
+  within 4 standard errors; also for the primitive scaled by 0.6 and moved off-centre (the two-part transform)."""
+  rng = np.random.default_rng(0)
+  n, half = 200_000, 0.6
+  p = rng.uniform(-half, half, size=(n, 3))
+  for scale, centre in ((1.0, (0.0, 0.0, 0.0)), (0.6, (0.1, -0.05, 0.2))):
+    arrs = shapes.ToyObject("x", (shapes.Part(shape, "red", centre, scale),)).arrays()
+    occ = np.asarray(shapes.occupancy(arrs, jnp.asarray(p, jnp.float32)))
+    ref = _inside_reference(shape, (p - np.asarray(centre)) / scale)
+    assert np.mean(occ != ref) < 2e-4, f"{shape}: {np.sum(occ != ref)} points disagree"
+    frac = occ.mean()
+    vol = frac * (2 * half) ** 3
+    se = np.sqrt(frac * (1 - frac) / n) * (2 * half) ** 3
+    np.testing.assert_allclose(vol, shapes.closed_form_volume(shape, scale), atol=4 * se)
+
+
+def test_objects_fit_and_two_parts_touch():
+  """Every object lies inside radius 0.6 (no occupied point beyond it) and is one connected piece along the axis:
+  the z-axis is occupied continuously from bottom to top for the two-part objects."""
+  rng = np.random.default_rng(1)
+  d = rng.normal(size=(20_000, 3))
+  shell = 0.6 * d / np.linalg.norm(d, axis=1, keepdims=True)
+  z = np.linspace(-0.6, 0.6, 1201)
+  axis = np.stack([np.zeros_like(z), np.zeros_like(z), z], -1)
+  for o in shapes.OBJECTS:
+    arrs = o.arrays()
+    assert not np.any(np.asarray(shapes.occupancy(arrs, jnp.asarray(shell, jnp.float32)))), o.prompt
+    if not o.is_single:
+      occ = np.asarray(shapes.occupancy(arrs, jnp.asarray(axis, jnp.float32)))
+      inside = np.flatnonzero(occ)
+      assert inside.size and np.all(np.diff(inside) == 1), o.prompt
+
+
+def test_sphere_silhouette_matches_ray_sphere_intersection():
+  """The sphere-traced silhouette of the toy sphere equals the analytic ray/sphere hit mask (oracle.sphere_mask)."""
+  cams = cam_lib.orbit_cameras([10.0, 45.0, 80.0], [0.0, 120.0, 250.0], 1.3, 32.0)
+  arrs = shapes.object_for_prompt("a red sphere").arrays()
+  sil = np.asarray(shapes.silhouette(arrs, cams, 32, 32))
+  ref = oracle.sphere_mask(cams, 32, 32, radius=shapes.SPHERE_R)
+  assert ref.sum() > 100
+  assert np.sum(sil != ref) <= 3  # pixels whose centre ray grazes the sphere within the tracing tolerance
+
+
+def test_tokenizer_round_trip_and_unknown_words():
+  """Every caption of the world tokenizes without UNK and detokenizes to its words; unknown words become UNK, the
+  empty prompt is all PAD, and long prompts are cut at MAX_LEN."""
+  caps = [f"{p}, {v} view" for p in shapes.PROMPTS for v in cam_lib.VIEW_NAMES]
+  ids = text_lib.tokenize(caps)
+  assert ids.shape == (len(caps), text_lib.MAX_LEN)
+  assert not np.any(ids == text_lib.UNK_ID)
+  assert text_lib.detokenize(ids) == [" ".join(c.replace(",", "").lower().split()) for c in caps]
+  ids = text_lib.tokenize(["A shiny red CUBE, side view", "", "cube " * 40])
+  assert text_lib.detokenize(ids[:1]) == ["a [unk] red cube side view"]
+  assert ids[0, 1] == text_lib.UNK_ID and text_lib.VOCAB[ids[0, 2]] == "red"
+  assert np.all(ids[1] == text_lib.PAD_ID)
+  assert np.all(np.asarray(ids[2]) == text_lib.VOCAB.index("cube"))
+
+
+@pytest.fixture(scope="module")
+def renders():
+  """48 fresh renders of single objects (seed 12345, never used in training) at 32×32."""
+  return ds.generate(48, 12345, chunk=48, objects=clf_lib.SINGLE_OBJECTS)
+
+
+def test_dataset_captions_carry_view_labels(renders):
+  """Captions are f"{prompt}, {view} view" with the view recomputed in NumPy from the camera's elevation/azimuth
+  (overhead above 60°, else front within 45° of azimuth 0, back within 45° of 180°, else side); renders are valid."""
+  az = np.mod(renders["azimuth"].astype(np.float64), 360.0)
+  dist_front = np.minimum(az, 360.0 - az)
+  expected = np.where(dist_front < 45.0, 0, np.where(np.abs(az - 180.0) < 45.0, 2, 1))
+  expected = np.where(renders["elevation"] > 60.0, 3, expected)
+  np.testing.assert_array_equal(renders["label"], expected)
+  caps = ds.captions(renders["obj"], renders["label"])
+  for c, o, v in zip(caps, renders["obj"], expected):
+    assert c == shapes.OBJECTS[o].prompt + ", " + ("front", "side", "back", "overhead")[v] + " view"
+  assert renders["images"].shape == (48, 32, 32, 3) and renders["images"].dtype == np.uint8
+  coverage = renders["alpha"].reshape(48, -1).mean(axis=1) / 255.0
+  assert np.all(coverage > 0.01)  # every render shows its object
+
+
+def test_missing_weights_raise_one_line_error(tmp_path):
+  """load() of a folder without weights raises WeightsError with a one-line message naming the training command."""
+  with pytest.raises(WeightsError) as e:
+    prior_lib.load(tmp_path)
+  assert "\n" not in str(e.value) and "train_prior" in str(e.value)
+  with pytest.raises(WeightsError):
+    clf_lib.load(tmp_path)
+
+
+def test_shipped_prior_protocol_and_heldout_eps_mse(renders):
+  """The shipped prior implements Prior and its eps-prediction MSE at t = 500 on freshly rendered, noised views is
+  far below the trivial predictor's 1.0; the true captions beat the empty prompt (the text is used)."""
+  prior = prior_lib.load()
+  assert isinstance(prior, base.Prior)
+  assert prior.alphas_cumprod.shape == (1000,)
+  np.testing.assert_allclose(prior.alphas_cumprod[EPS_MSE_T], np.cos((0.5 + 0.008) / 1.008 * np.pi / 2) ** 2,
+                             rtol=0.02)
+  caps = ds.captions(renders["obj"], renders["label"])
+  emb = prior.encode_text(caps)
+  assert emb.shape == (48, text_lib.MAX_LEN, text_lib.WIDTH)
+  z = prior.to_latents(prior.params, jnp.asarray(renders["images"], jnp.float32) / 255.0, jax.random.PRNGKey(0))
+  assert z.shape == (48, prior_lib.RESOLUTION, prior_lib.RESOLUTION, 3)
+  eps = np.random.default_rng(0).standard_normal(z.shape).astype(np.float32)
+  a = float(prior.alphas_cumprod[EPS_MSE_T])
+  z_t = np.sqrt(a) * np.asarray(z, np.float64) + np.sqrt(1 - a) * eps
+  t = jnp.full((48,), EPS_MSE_T, jnp.int32)
+  emb_all = jnp.concatenate([emb, prior.encode_text([""] * 48)])
+  out = np.asarray(prior.predict_eps(prior.params, jnp.asarray(np.concatenate([z_t, z_t]), jnp.float32),
+                                     jnp.concatenate([t, t]), emb_all), np.float64)
+  mse_cond = np.mean((out[:48] - eps) ** 2)
+  mse_uncond = np.mean((out[48:] - eps) ** 2)
+  print(f"eps-MSE at t={EPS_MSE_T}: conditional {mse_cond:.4f}, unconditional {mse_uncond:.4f}")
+  assert mse_cond < EPS_MSE_MAX
+  assert mse_cond < mse_uncond
+
+
+def test_shipped_classifier_accuracy(renders):
+  """The shipped classifier names shape and colour of fresh single-object renders (colour judged on albedo/shaded
+  renders only) above the stated thresholds."""
+  clf = clf_lib.load()
+  acc = clf_lib.accuracy(clf, renders)
+  print("classifier accuracy on 48 fresh renders:", acc)
+  assert acc["shape"] >= CLASSIFIER_SHAPE_MIN
+  assert acc["colour"] >= CLASSIFIER_COLOUR_MIN
