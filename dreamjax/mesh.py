@@ -215,29 +215,8 @@ def extract_mesh(field_fn: FieldFn,
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
-  """Yields a file object for a temp file beside `path`; on success it replaces `path`, on error it is removed."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.tmp' + path.suffix, dir=path.parent)
-  try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temp path beside `path` (same suffix) for writers that open files themselves; then os.replace."""
+  """Yields a temp path beside `path` (same suffix); on success it replaces `path`, on error it is removed."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.tmp' + path.suffix, dir=path.parent)
@@ -252,6 +231,15 @@ def atomic_path(path: PathLike) -> Iterator[pathlib.Path]:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
+  """Yields a file object for a temp file beside `path` (see `atomic_path`); flushed to disk before the rename."""
+  with atomic_path(path) as tmp, open(tmp, mode) as f:
+    yield f
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def write_obj(mesh: Mesh, path: PathLike) -> pathlib.Path:
