@@ -18,9 +18,9 @@ from dreamjax.toy import text as text_lib
 # Measured on the shipped weights (see dreamjax/toy/weights/MODEL_CARD.md); thresholds leave a margin for the
 # 48 freshly rendered test views.
 EPS_MSE_T = 500
-EPS_MSE_MAX = 0.25  # trivial predictor (eps_hat = 0): 1.0
-CLASSIFIER_SHAPE_MIN = 0.75
-CLASSIFIER_COLOUR_MIN = 0.85
+EPS_MSE_MAX = 0.1  # trivial predictor (eps_hat = 0): 1.0; measured 0.044 on 256 held-out renders
+CLASSIFIER_SHAPE_MIN = 0.65  # measured 0.848 on 400 held-out renders (seed 3)
+CLASSIFIER_COLOUR_MIN = 0.9  # measured 1.000 on the 248 albedo/shaded ones
 
 
 def _inside_reference(shape: str, p: np.ndarray) -> np.ndarray:
@@ -133,8 +133,9 @@ def test_missing_weights_raise_one_line_error(tmp_path):
 
 
 def test_shipped_prior_protocol_and_heldout_eps_mse(renders):
-  """The shipped prior implements Prior and its eps-prediction MSE at t = 500 on freshly rendered, noised views is
-  far below the trivial predictor's 1.0; the true captions beat the empty prompt (the text is used)."""
+  """The shipped prior implements Prior, and its eps-prediction MSE at t = 500 on freshly rendered, noised views is
+  far below the trivial predictor's 1.0 and below the best scalar predictor eps_hat = c z_t (c fitted by least
+  squares on the very same noised images in float64, so it is an optimistic reference)."""
   prior = prior_lib.load()
   assert isinstance(prior, base.Prior)
   assert prior.alphas_cumprod.shape == (1000,)
@@ -149,19 +150,19 @@ def test_shipped_prior_protocol_and_heldout_eps_mse(renders):
   a = float(prior.alphas_cumprod[EPS_MSE_T])
   z_t = np.sqrt(a) * np.asarray(z, np.float64) + np.sqrt(1 - a) * eps
   t = jnp.full((48,), EPS_MSE_T, jnp.int32)
-  emb_all = jnp.concatenate([emb, prior.encode_text([""] * 48)])
-  out = np.asarray(prior.predict_eps(prior.params, jnp.asarray(np.concatenate([z_t, z_t]), jnp.float32),
-                                     jnp.concatenate([t, t]), emb_all), np.float64)
-  mse_cond = np.mean((out[:48] - eps) ** 2)
-  mse_uncond = np.mean((out[48:] - eps) ** 2)
-  print(f"eps-MSE at t={EPS_MSE_T}: conditional {mse_cond:.4f}, unconditional {mse_uncond:.4f}")
-  assert mse_cond < EPS_MSE_MAX
-  assert mse_cond < mse_uncond
+  out = np.asarray(prior.predict_eps(prior.params, jnp.asarray(z_t, jnp.float32), t, emb), np.float64)
+  assert np.all(np.isfinite(out))
+  mse = np.mean((out - eps) ** 2)
+  c = np.sum(z_t * eps) / np.sum(z_t * z_t)
+  mse_scalar = np.mean((c * z_t - eps) ** 2)
+  print(f"eps-MSE at t={EPS_MSE_T}: model {mse:.4f}, best scalar predictor {mse_scalar:.4f}, trivial 1.0")
+  assert mse < EPS_MSE_MAX
+  assert mse < 0.5 * mse_scalar
 
 
 def test_shipped_classifier_accuracy(renders):
-  """The shipped classifier names shape and colour of fresh single-object renders (colour judged on albedo/shaded
-  renders only) above the stated thresholds."""
+  """The shipped classifier names shape and colour of fresh single-object renders (colour judged on albedo and
+  shaded renders only) above the stated thresholds."""
   clf = clf_lib.load()
   acc = clf_lib.accuracy(clf, renders)
   print("classifier accuracy on 48 fresh renders:", acc)

@@ -1,15 +1,17 @@
 """An independent (shape, colour) classifier of single-object toy renders, for evaluating text-to-3D results only.
 
-It never sees the prior: it is trained on its own renders (seed 1) of the 20 single objects (two-part objects are
-not among its classes) and tested on further renders (seed 3). Input: images [N, H, W, 3] in [0, 1], any size
-(resized to 16×16, bilinear with antialiasing: the toy prior's resolution). Output: logits over `shapes.SHAPES` (5) and `shapes.COLOUR_NAMES`
-(4). Textureless renders carry no colour, so the colour loss and colour accuracy skip them.
+It never sees the prior: it is trained on its own renders (seeds 1 and 4) of the 20 single objects (two-part
+objects are not among its classes) and tested on further renders (seed 3). Input: images [N, H, W, 3] in [0, 1], any
+size (resized to 16×16, bilinear with antialiasing: the toy prior's resolution). Output: logits over `shapes.SHAPES`
+(5) and `shapes.COLOUR_NAMES` (4). Textureless renders carry no colour, so the colour loss and colour accuracy skip
+them.
 
 Model: 3 conv stages at 16, 8, 4 pixels (32, 64, 64 channels; two 3×3 conv + GroupNorm + SiLU each; 2×2 average
 pooling between stages), a 128-unit hidden layer on the flattened 4×4 map and two linear heads. Trained with Adam on
 renders re-composited over fresh random backgrounds and randomly mirrored.
 
-  python -m dreamjax.toy.classifier --out dreamjax/toy/weights [--steps 1500 --num_data 2000]
+  python -m dreamjax.toy.classifier --out dreamjax/toy/weights [--steps 3000 --data_seeds 1,4 \
+      --num_data 2000,4000]
   clf = load(); shape_logits, colour_logits = clf(images)
 """
 
@@ -157,18 +159,22 @@ def train(data: dict, steps: int, batch: int, lr: float, seed: int, log_every: i
 def main(argv=None):
   p = argparse.ArgumentParser(description="Train the toy (shape, colour) classifier.")
   p.add_argument("--out", default=str(WEIGHTS_DIR))
-  p.add_argument("--steps", type=int, default=1500)
+  p.add_argument("--steps", type=int, default=3000)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--lr", type=float, default=2e-3)
-  p.add_argument("--seed", type=int, default=1)
-  p.add_argument("--data", default="/tmp/toy_classifier_train.npz")
-  p.add_argument("--num_data", type=int, default=2000)
+  p.add_argument("--seed", type=int, default=1, help="training seed")
+  p.add_argument("--data", default="/tmp/toy_classifier_train_s{seed}.npz", help="cache path per data seed")
+  p.add_argument("--data_seeds", default="1,4", help="render seeds of the training data (comma-separated)")
+  p.add_argument("--num_data", default="2000,4000", help="renders per data seed (comma-separated)")
   p.add_argument("--test", default="/tmp/toy_classifier_test.npz")
   p.add_argument("--num_test", type=int, default=400)
   p.add_argument("--test_seed", type=int, default=3)
   a = p.parse_args(argv)
   t0 = time.time()
-  data = ds.load_or_generate(a.data, a.num_data, a.seed, objects=SINGLE_OBJECTS)
+  parts = [ds.load_or_generate(a.data.format(seed=int(s)), int(n), int(s), objects=SINGLE_OBJECTS)
+           for s, n in zip(a.data_seeds.split(","), a.num_data.split(","))]
+  keys = ("images", "fg", "alpha", "obj", "label", "mode")
+  data = {k: np.concatenate([d[k] for d in parts]) for k in keys}
   test = ds.load_or_generate(a.test, a.num_test, a.test_seed, objects=SINGLE_OBJECTS)
   t1 = time.time()
   params, final_loss = train(data, a.steps, a.batch, a.lr, a.seed)
@@ -178,8 +184,8 @@ def main(argv=None):
   out.mkdir(parents=True, exist_ok=True)
   (out / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(params)))
   meta = {"shapes": list(shapes.SHAPES), "colours": list(shapes.COLOUR_NAMES), "resolution": RESOLUTION,
-          "train": {"num": int(len(data["obj"])), "seed": a.seed, "steps": a.steps, "batch": a.batch, "lr": a.lr,
-                    "final_loss": final_loss, "wall_s": round(time.time() - t1, 1)},
+          "train": {"num": int(len(data["obj"])), "data_seeds": a.data_seeds, "seed": a.seed, "steps": a.steps,
+                    "batch": a.batch, "lr": a.lr, "final_loss": final_loss, "wall_s": round(time.time() - t1, 1)},
           "test": {"seed": a.test_seed, **acc}}
   (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
   print(f"held-out accuracy: shape {acc['shape']:.3f}, colour {acc['colour']:.3f}, both {acc['both']:.3f} "

@@ -134,7 +134,7 @@ def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, d
   return summary
 
 
-def write_samples(out: str, per_view: int = 4, seed: int = 0, guidance: float = 3.0, num_steps: int = 25) -> dict:
+def write_samples(out: str, per_view: int = 2, seed: int = 0, guidance: float = 3.0, num_steps: int = 25) -> dict:
   """Writes samples/<prompt>.png for every prompt of the world (rows: front/side/back/overhead captions, `per_view`
   DDIM samples each, upscaled 4×) and returns the shipped classifier's accuracy on the single-object samples."""
   from dreamjax import cameras as cam_lib

@@ -1,0 +1,137 @@
+"""Toy R-precision: text-to-3D in the toy world, scored like DreamFusion's CLIP R-Precision.
+
+For each toy prompt a NeRF is trained with configs/toy.py (or a given config), then rendered at 30° elevation from
+several azimuths. The independent (shape, colour) classifier (dreamjax/toy/classifier.py) plays CLIP's part:
+  * Color: shaded colour renders; a view counts when both the intended shape and colour win (single objects).
+  * Geo:   textureless renders (geometry only); a view counts when the intended shape wins (single objects).
+  * IoU:   silhouette IoU (opacity > 0.5) against the analytic object on held-out azimuths (all objects).
+
+  python -m dreamjax.toy.evaluate --out docs/toy_results.md [--prompts "a red cube;a blue torus"] [--steps 600]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+
+from dreamjax import cameras as cam_lib
+from dreamjax.nerf import scene
+from dreamjax.render_preview import preview_lights
+from dreamjax.toy import classifier as clf_lib
+from dreamjax.toy import shapes
+
+EVAL_ELEVATION = 30.0  # degrees, as DreamFusion's evaluation
+EVAL_SIZE = 32  # pixels (the classifier's resolution)
+EVAL_DISTANCE = 1.25
+EVAL_FOCAL = 1.0  # × width
+
+
+@dataclasses.dataclass
+class Score:
+  prompt: str
+  color: float | None  # fraction of views with shape and colour right (None for two-part objects)
+  geo: float | None  # fraction of textureless views with the shape right
+  iou: float  # mean silhouette IoU over held-out views
+  seconds: float
+
+
+def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
+  az = offset_deg + np.arange(num_views) * 360.0 / num_views
+  return cam_lib.orbit_cameras(np.full(num_views, EVAL_ELEVATION), az, EVAL_DISTANCE, EVAL_FOCAL * EVAL_SIZE)
+
+
+def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, num_views: int = 8) -> dict:
+  """Color, Geo and IoU of trained scene params for a toy prompt."""
+  obj = shapes.object_for_prompt(prompt)
+  step = config.train.num_steps
+  cams = eval_cameras(num_views)
+  out = scene.render_scene_chunked(params, config, cams, step=step, light_pos=preview_lights(cams),
+                                   height=EVAL_SIZE, width=EVAL_SIZE)
+  result = {"color": None, "geo": None}
+  if obj.is_single:
+    want_s, want_c = shapes.SHAPES.index(obj.parts[0].shape), shapes.COLOUR_NAMES.index(obj.parts[0].colour)
+    s, c = classifier.predict(out["rgb_modes"][..., cam_lib.SHADED, :])
+    result["color"] = float(np.mean((s == want_s) & (c == want_c)))
+    s, _ = classifier.predict(out["rgb_modes"][..., cam_lib.TEXTURELESS, :])
+    result["geo"] = float(np.mean(s == want_s))
+  held_out = eval_cameras(num_views, offset_deg=180.0 / num_views)
+  out = scene.render_scene_chunked(params, config, held_out, step=step, light_pos=preview_lights(held_out),
+                                   height=EVAL_SIZE, width=EVAL_SIZE, keep=("opacity",), all_modes=False)
+  truth = np.asarray(shapes.silhouette(obj.arrays(), held_out, EVAL_SIZE, EVAL_SIZE))
+  pred = out["opacity"] > 0.5
+  inter = (pred & truth).sum(axis=(1, 2))
+  union = np.maximum((pred | truth).sum(axis=(1, 2)), 1)
+  result["iou"] = float(np.mean(inter / union))
+  return result
+
+
+def run_prompt(prompt: str, config, workdir, classifier, progress: bool = False) -> Score:
+  """Trains one prompt into `workdir` (continuing it if it already holds checkpoints) and scores it."""
+  from dreamjax import train
+  config = config.copy_and_resolve_references()
+  config.prompt = prompt
+  t0 = time.time()
+  wd = pathlib.Path(workdir)
+  resume = (wd / "checkpoints").is_dir()
+  state = train.train_and_evaluate(config, wd, resume=resume, export=False, progress=progress)
+  s = score_params(jax.device_get(state.params), config, prompt, classifier)
+  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0)
+
+
+def table(scores: list[Score]) -> str:
+  """A markdown table with a mean row (Color/Geo over single objects, IoU over all)."""
+  fmt = lambda v: "–" if v is None else f"{100 * v:.0f}"
+  rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | IoU | train+eval s |", "| --- | --- | --- | --- | --- |"]
+  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {s.iou:.2f} | {s.seconds:.0f} |" for s in scores]
+  singles = [s for s in scores if s.color is not None]
+  mean = lambda xs: float(np.mean(xs)) if xs else None
+  rows.append(f"| **mean** | {fmt(mean([s.color for s in singles]))} | {fmt(mean([s.geo for s in singles]))} | "
+              f"{np.mean([s.iou for s in scores]):.2f} | {sum(s.seconds for s in scores):.0f} |")
+  return "\n".join(rows)
+
+
+def main(argv) -> None:
+  from absl import flags
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  f = flags.FLAGS
+  config = f.config
+  if f.steps:
+    config.train.num_steps = f.steps
+  config.train.preview_every = 0
+  prompts = [p.strip() for p in f.prompts.split(";")] if f.prompts else list(shapes.PROMPTS)
+  for p in prompts:
+    try:
+      shapes.object_for_prompt(p)
+    except KeyError as e:
+      sys.exit(f"evaluate: {e.args[0]}")
+  classifier = clf_lib.load()
+  root = pathlib.Path(f.workdir_root)
+  scores = []
+  for p in prompts:
+    s = run_prompt(p, config, root / p.replace(" ", "_"), classifier)
+    print(f"{p}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f} ({s.seconds:.0f} s)", flush=True)
+    scores.append(s)
+  text = table(scores)
+  print(text)
+  if f.out:
+    out = pathlib.Path(f.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# Toy R-precision\n\nCommand: `python -m dreamjax.toy.evaluate {' '.join(argv[1:])}`\n\n"
+                   f"{text}\n")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/toy.py", "Config used for every prompt.")
+  flags.DEFINE_string("prompts", "", "';'-separated toy prompts (default: every prompt of the toy world).")
+  flags.DEFINE_integer("steps", 0, "Override train.num_steps.")
+  flags.DEFINE_string("workdir_root", "runs/toy_eval", "One run directory per prompt below this.")
+  flags.DEFINE_string("out", "", "Write the markdown table here too.")
+  app.run(main)
