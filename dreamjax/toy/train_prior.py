@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dreamjax.priors.weights import check_flax_tree
 from dreamjax.toy import dataset as ds
 from dreamjax.toy import prior as prior_lib
 from dreamjax.toy import shapes
@@ -75,11 +76,16 @@ def heldout_eps_mse(params, unet, text_encoder, abar, holdout: dict, timesteps=E
 
 def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, data: dict, holdout: dict | None,
           p_uncond: float = 0.1, ema_decay: float = 0.995, save_every: int = 200, log_every: int = 25,
-          max_minutes: float = 0.0) -> dict:
+          max_minutes: float = 0.0, init: str | None = None) -> dict:
   unet = prior_lib.build_unet()
   text_encoder = prior_lib.build_text_encoder()
   abar = jnp.asarray(prior_lib.cosine_alphas_cumprod())
   params = prior_lib.init_params(jax.random.PRNGKey(seed), unet, text_encoder)
+  init_summary = None
+  if init:  # continue from earlier weights (their EMA); the optimiser and schedule start afresh
+    tree, meta = prior_lib.read_params(init)
+    params = jax.tree_util.tree_map(jnp.asarray, check_flax_tree(tree, params, what="--init weights"))
+    init_summary = {"path": str(init), **{k: v for k, v in meta.get("summary", {}).items() if k != "loss_curve"}}
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
   print(f"parameters: {n_params:,} (unet {sum(x.size for x in jax.tree_util.tree_leaves(params['unet'])):,})",
         flush=True)
@@ -106,6 +112,8 @@ def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, d
 
   summary = {"steps": 0, "batch": batch, "lr": lr, "seed": seed, "num_data": int(len(data["obj"])),
              "p_uncond": p_uncond, "ema_decay": ema_decay}
+  if init_summary:
+    summary["init"] = init_summary
   losses, t0, step = [], time.time(), 0
   for step in range(steps):
     images, ids = make_batch(data, tokens, rng, batch, p_uncond)
@@ -186,6 +194,7 @@ def main(argv=None):
   p.add_argument("--data_seed", type=int, default=0)
   p.add_argument("--holdout", default="/tmp/toy_heldout.npz", help="held-out renders ('' = skip the evaluation)")
   p.add_argument("--holdout_seed", type=int, default=2)
+  p.add_argument("--init", default="", help="start from these weights (folder or .msgpack) instead of random")
   p.add_argument("--samples_only", action="store_true", help="only write sample grids of the weights in --out")
   a = p.parse_args(argv)
   if a.samples_only:
@@ -195,7 +204,7 @@ def main(argv=None):
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed) if a.holdout else None
   t0 = time.time()
   s = train(a.out, a.steps, a.batch, a.lr, a.warmup, a.seed, data, holdout, a.p_uncond, a.ema_decay, a.save_every,
-            max_minutes=a.max_minutes)
+            max_minutes=a.max_minutes, init=a.init or None)
   print(f"done: {s['steps']} steps, final loss {s['final_loss']:.4f}, {time.time() - t0:.0f}s", flush=True)
 
 
