@@ -127,13 +127,6 @@ def sd_modules(arch: str, dtype: Any = jnp.float32, use_memory_efficient_attenti
   return unet, vae
 
 
-def abstract_params(arch: str) -> dict:
-  """{'unet', 'vae'} trees of jax.ShapeDtypeStruct (float32) of the architecture; nothing is allocated."""
-  unet, vae = sd_modules(arch)
-  key = jax.random.PRNGKey(0)
-  return {"unet": jax.eval_shape(unet.init_weights, key), "vae": jax.eval_shape(vae.init_weights, key)}
-
-
 def param_count(tree: PyTree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
@@ -305,10 +298,11 @@ def phase_functions(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
 
   def guidance(prior_params, text, images, keys):
     def one(x, k):
-      k_lat, k_dist = jax.random.split(k)
+      k_lat, k_dist, k_view = jax.random.split(k, 3)
+      label = jax.random.randint(k_view, (1,), 0, text["views"].shape[0])  # per camera, as in the step
       def loss(img):
         z = prior.to_latents(prior_params, img, k_lat)
-        g, _ = distill.distill_step(config.distill, prior, prior_params, z, k_dist, text["views"][:1],
+        g, _ = distill.distill_step(config.distill, prior, prior_params, z, k_dist, text["views"][label],
                                     text["uncond"], text.get("neg"))
         return distill.surrogate_loss(z, g)
       return jax.grad(loss)(x)
