@@ -62,7 +62,7 @@ PHASES = ("render", "encode", "unet", "guidance", "optimizer")
 PHASE_LABELS = {
     "step": "full train step",
     "render": "render + normals, fwd+bwd",
-    "encode": "encode (resize + VAE), fwd+bwd",
+    "encode": "encode (to_latents), fwd+bwd",
     "unet": "UNet fwd, CFG batch",
     "guidance": "guidance: encode+UNet+grad",
     "optimizer": "optimizer update",
@@ -532,7 +532,7 @@ def format_report(report: dict) -> str:
       "versions: " + ", ".join(f"{k} {val}" for k, val in m["versions"].items()),
       f"config: render {m['render'][0]}x{m['render'][1]}, coarse {m['num_coarse']} / fine {m['num_fine']}, "
       f"NeRF {m['nerf']}, optimizer {m['optimizer']}, distill {m['distill']} (CFG batch {m['cfg_batch']} per "
-      f"camera), prior input {m['prior_image_size']}², text {tuple(m['text_shape'])}",
+      f"camera), prior input {_fmt(m['prior_image_size'], 'd')}², text {tuple(m['text_shape'])}",
   ]
   if m.get("compiler_options"):
     lines.append("compiler options: " + ", ".join(f"{k}={v}" for k, v in m["compiler_options"].items()))
