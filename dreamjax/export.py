@@ -20,7 +20,7 @@ from dreamjax import cameras as cam_lib
 from dreamjax import mesh as mesh_lib
 from dreamjax import video
 from dreamjax.nerf import mlp, scene
-from dreamjax.render_preview import preview_lights
+from dreamjax.render_preview import normal_image, preview_lights
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ def turntable_frames(params, config: ml_collections.ConfigDict, *, step, num_fra
                                e.video_focal * size)
   out = scene.render_scene_chunked(params, config, cams, step=step, light_pos=preview_lights(cams), height=size,
                                    width=size)
-  opacity = out["opacity"][..., None]
-  normals = out["normal"] / np.maximum(np.linalg.norm(out["normal"], axis=-1, keepdims=True), 1e-6)
-  normal_img = (0.5 + 0.5 * normals) * opacity + (1.0 - opacity)
+  normal_img = normal_image(out)
   frames = np.concatenate([out["rgb_modes"][..., cam_lib.SHADED, :], out["rgb_modes"][..., cam_lib.TEXTURELESS, :],
                            normal_img], axis=2)
   return np.clip(frames, 0.0, 1.0)
@@ -81,6 +79,8 @@ def export_all(params, config: ml_collections.ConfigDict, *, step, out_dir) -> l
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
   from dreamjax import checkpoint as ckpt_lib
   f = flags.FLAGS
   try:

@@ -35,13 +35,19 @@ def preview_lights(cams: cam_lib.Cameras) -> jnp.ndarray:
   return 1.5 * d / jnp.linalg.norm(d, axis=-1, keepdims=True)
 
 
+def normal_image(out: dict) -> np.ndarray:
+  """World-space normals of `render_scene_chunked` outputs as colours (0.5 + 0.5 n) over white, [..., H, W, 3]."""
+  opacity = out["opacity"][..., None]
+  normals = out["normal"] / np.maximum(np.linalg.norm(out["normal"], axis=-1, keepdims=True), 1e-6)
+  return (0.5 + 0.5 * normals) * opacity + (1.0 - opacity)
+
+
 def render_panels(params, config, cams, *, step, size: int) -> np.ndarray:
   """Panels [N, 5, H, W, 3] in [0, 1]: albedo, shaded, textureless, normals, depth for each camera."""
   out = scene.render_scene_chunked(params, config, cams, step=step, light_pos=preview_lights(cams), height=size,
                                    width=size)
   opacity = out["opacity"][..., None]
-  normals = out["normal"] / np.maximum(np.linalg.norm(out["normal"], axis=-1, keepdims=True), 1e-6)
-  normal_img = (0.5 + 0.5 * normals) * opacity + (1.0 - opacity)  # world-space normals over white
+  normal_img = normal_image(out)
   depth = out["depth"] / np.maximum(out["opacity"], 1e-6)
   lo, hi = config.export.video_distance - config.render.radius, config.export.video_distance + config.render.radius
   depth_img = np.clip((depth - lo) / (hi - lo), 0, 1)[..., None] * opacity + (1.0 - opacity)
@@ -57,6 +63,8 @@ def preview_grid(params, config, *, step, size: int = 96, num_views: int = 4) ->
 
 def main(argv) -> None:
   from absl import flags
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
   cfg = flags.FLAGS.config
   if flags.FLAGS.workdir:
     from dreamjax import checkpoint as ckpt_lib
