@@ -12,7 +12,6 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

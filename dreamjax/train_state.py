@@ -35,4 +35,4 @@ def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation |
   k_params, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
   params = scene.init_params(k_params, config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.key_data(k_run) if jnp.issubdtype(k_run.dtype, jax.dtypes.prng_key) else k_run)
+                    rng=k_run)

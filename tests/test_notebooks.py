@@ -1,6 +1,5 @@
 """The Colab notebooks run top to bottom (in their reduced CI mode) and are committed without outputs."""
 
-import os
 import pathlib
 
 import nbformat
