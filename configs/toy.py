@@ -39,11 +39,14 @@ def get_config():
   c.render.batch_per_device = 2
   c.render.num_coarse = 24
   c.render.num_fine = 24
+  c.render.radius = 0.7  # the toy world's objects lie inside radius 0.6: the scene bound says so (paper: 1.4)
+  c.render.random_background_prob = 0.5  # the toy prior saw random backgrounds; without this the background MLP
+  # alone can paint "a red cube" (a red backdrop) and the density collapses
   c.optim.name = "adam"
   c.optim.lr_init = 1e-4
-  c.optim.lr_peak = 1e-2
+  c.optim.lr_peak = 3e-3  # 1e-2 collapsed the density to empty at the end of the warmup (measured)
   c.optim.lr_end = 1e-3
-  c.optim.warmup_steps = 50
+  c.optim.warmup_steps = 100
   c.optim.beta2 = 0.99
   c.optim.eps = 1e-15
   c.loss.orient_start = 1e-3

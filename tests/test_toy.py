@@ -168,3 +168,29 @@ def test_shipped_classifier_accuracy(renders):
   print("classifier accuracy on 48 fresh renders:", acc)
   assert acc["shape"] >= CLASSIFIER_SHAPE_MIN
   assert acc["colour"] >= CLASSIFIER_COLOUR_MIN
+
+
+def test_shipped_prior_follows_its_caption(renders):
+  """The prior uses its text: on fresh renders noised at t = 750 (same noise for both), the eps-MSE with the true
+  caption is lower than with the caption of another object (other colour and other shape, same view), by more than
+  three paired standard errors over the 48 renders."""
+  prior = prior_lib.load()
+  true_caps = ds.captions(renders["obj"], renders["label"])
+  other = []  # for each render: the single object with the next shape and the next colour
+  for o in renders["obj"]:
+    s, c = (clf_lib.SHAPE_OF[o] + 1) % len(shapes.SHAPES), (clf_lib.COLOUR_OF[o] + 1) % len(shapes.COLOUR_NAMES)
+    other.append(int(np.flatnonzero((clf_lib.SHAPE_OF == s) & (clf_lib.COLOUR_OF == c))[0]))
+  other = np.array(other)
+  wrong_caps = ds.captions(other, renders["label"])
+  z = prior.to_latents(prior.params, jnp.asarray(renders["images"], jnp.float32) / 255.0, jax.random.PRNGKey(0))
+  eps = jax.random.normal(jax.random.PRNGKey(7), z.shape)
+  t = 750
+  a = float(prior.alphas_cumprod[t])
+  z_t = np.sqrt(a) * z + np.sqrt(1 - a) * eps
+  tt = jnp.full((len(true_caps),), t, jnp.int32)
+  err = lambda caps: np.mean(np.asarray(prior.predict_eps(prior.params, z_t, tt, prior.encode_text(caps)) - eps,
+                                        np.float64) ** 2, axis=(1, 2, 3))
+  diff = err(wrong_caps) - err(true_caps)
+  se = diff.std(ddof=1) / np.sqrt(len(diff))
+  print(f"eps-MSE(wrong caption) - eps-MSE(true caption) at t={t}: {diff.mean():.5f} ± {se:.5f}")
+  assert diff.mean() > 3 * se

@@ -84,6 +84,10 @@ def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, d
   init_summary = None
   if init:  # continue from earlier weights (their EMA); the optimiser and schedule start afresh
     tree, meta = prior_lib.read_params(init)
+    if "add_embedding" in params["unet"] and "add_embedding" not in tree.get("unet", {"add_embedding": 0}):
+      # weights from before the pooled-text path: it joins at zero output, so the model starts as it was
+      tree = {**tree, "unet": {**tree["unet"], "add_embedding": params["unet"]["add_embedding"]}}
+      print("--init weights have no pooled-text path; adding it with a zero output layer", flush=True)
     params = jax.tree_util.tree_map(jnp.asarray, check_flax_tree(tree, params, what="--init weights"))
     init_summary = {"path": str(init), **{k: v for k, v in meta.get("summary", {}).items() if k != "loss_curve"}}
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
@@ -142,7 +146,7 @@ def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, d
   return summary
 
 
-def write_samples(out: str, per_view: int = 2, seed: int = 0, guidance: float = 3.0, num_steps: int = 25) -> dict:
+def write_samples(out: str, per_view: int = 2, seed: int = 0, guidance: float = 10.0, num_steps: int = 25) -> dict:
   """Writes samples/<prompt>.png for every prompt of the world (rows: front/side/back/overhead captions, `per_view`
   DDIM samples each, upscaled 4×) and returns the shipped classifier's accuracy on the single-object samples."""
   from dreamjax import cameras as cam_lib
@@ -196,9 +200,10 @@ def main(argv=None):
   p.add_argument("--holdout_seed", type=int, default=2)
   p.add_argument("--init", default="", help="start from these weights (folder or .msgpack) instead of random")
   p.add_argument("--samples_only", action="store_true", help="only write sample grids of the weights in --out")
+  p.add_argument("--guidance", type=float, default=10.0, help="classifier-free guidance of the sample grids")
   a = p.parse_args(argv)
   if a.samples_only:
-    write_samples(a.out)
+    write_samples(a.out, guidance=a.guidance)
     return
   data = ds.load_or_generate(a.data, a.num_data, a.data_seed)
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed) if a.holdout else None
