@@ -1,6 +1,6 @@
 """DreamFusion in the toy world: the offline toy prior (a small text-to-image diffusion model trained on procedural
 coloured primitives, shipped in dreamjax/toy/weights) instead of Stable Diffusion, sized for a laptop CPU. Toy prompts
-are listed by `python -c "from dreamjax.toy import shapes; print(*shapes.PROMPTS, sep=chr(10))"`, e.g. "a red cube",
+are listed by `python -m dreamjax.toy.shapes`, e.g. "a red cube",
 "a blue torus", "a red cube with a blue sphere on top".
 
   python -m dreamjax.train --config configs/toy.py --config.prompt="a red cube" --workdir runs/red_cube

@@ -141,6 +141,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   if prior is None:
     prior = load_prior(config)
   is_main = jax.process_index() == 0
+  if is_main and config.prior.kind == "toy":
+    from dreamjax.toy import text as toy_text
+    unknown = toy_text.unknown_words(config.prompt)
+    if unknown:
+      print(f"dreamjax: warning: the toy prior does not know {', '.join(map(repr, unknown))}; those words carry no "
+            f"meaning (toy prompts: `python -m dreamjax.toy.shapes`)", flush=True)
 
   workdir.mkdir(parents=True, exist_ok=True)
   if is_main and (not resume or not ckpt_lib.config_path(workdir).exists()):

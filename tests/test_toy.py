@@ -99,6 +99,8 @@ def test_tokenizer_round_trip_and_unknown_words():
   assert ids[0, 1] == text_lib.UNK_ID and text_lib.VOCAB[ids[0, 2]] == "red"
   assert np.all(ids[1] == text_lib.PAD_ID)
   assert np.all(np.asarray(ids[2]) == text_lib.VOCAB.index("cube"))
+  assert text_lib.unknown_words("A shiny red cube, shiny SIDE view on a purple table") == ["shiny", "purple", "table"]
+  assert all(text_lib.unknown_words(c) == [] for c in caps)
 
 
 @pytest.fixture(scope="module")

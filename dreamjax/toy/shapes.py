@@ -241,3 +241,7 @@ def silhouette(arrs: dict, cams: cam_lib.Cameras, height: int, width: int, num_s
   t0 = jnp.zeros(o.shape[:-1])
   (_, hit), _ = jax.lax.scan(step, (t0, jnp.zeros(o.shape[:-1], bool)), None, length=num_steps)
   return hit
+
+
+if __name__ == "__main__":  # python -m dreamjax.toy.shapes: the toy prompts, one per line
+  print(*PROMPTS, sep="\n")

@@ -39,6 +39,11 @@ def words(prompt: str) -> list[str]:
   return _WORD.findall(prompt.lower())
 
 
+def unknown_words(prompt: str) -> list[str]:
+  """The words of `prompt` outside VOCAB (they map to UNK and mean nothing to the toy prior), in order, unique."""
+  return list(dict.fromkeys(w for w in words(prompt) if w not in _INDEX))
+
+
 def tokenize(prompts: Sequence[str], max_len: int = MAX_LEN) -> np.ndarray:
   """prompts [N] -> token ids int32 [N, max_len] (UNK for unknown words, PAD after the end, cut at max_len)."""
   out = np.full((len(prompts), max_len), PAD_ID, np.int32)
