@@ -1,8 +1,8 @@
 """The toy prior: a small text-conditioned pixel-space DDPM (16×16 RGB) trained on renders of the toy world.
 
 Renders of any size are resized to 16×16 by `PixelPrior.to_latents` (bilinear with antialiasing), exactly as the
-training data (32×32 renders) were. 16×16 rather than 32×32 because the shipped weights had to be trained in about
-half an hour on a shared 2-core CPU: 16×16 costs a quarter of the UNet compute and still tells the five shapes, four
+training data (32×32 renders) were. 16×16 rather than 32×32 because the shipped weights had to be trained in a few
+CPU hours on a shared 2-core CPU: 16×16 costs a quarter of the UNet compute and still tells the five shapes, four
 colours and the two-part objects apart.
 
 Model: diffusers' `FlaxUNet2DConditionModel` (NCHW input, eps-prediction) with the small config `UNET_CONFIG`

@@ -84,7 +84,7 @@ def train(out: str, steps: int, batch: int, lr: float, warmup: int, seed: int, d
   init_summary = None
   if init:  # continue from earlier weights (their EMA); the optimiser and schedule start afresh
     tree, meta = prior_lib.read_params(init)
-    if "add_embedding" in params["unet"] and "add_embedding" not in tree.get("unet", {"add_embedding": 0}):
+    if "add_embedding" in params["unet"] and "unet" in tree and "add_embedding" not in tree["unet"]:
       # weights from before the pooled-text path: it joins at zero output, so the model starts as it was
       tree = {**tree, "unet": {**tree["unet"], "add_embedding": params["unet"]["add_embedding"]}}
       print("--init weights have no pooled-text path; adding it with a zero output layer", flush=True)
