@@ -83,6 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior.revision = ""  # hub revision ("" = default branch)
   c.prior.variant = ""  # weight file variant, e.g. "fp16" ("" = full precision files)
   c.prior.dtype = "auto"  # frozen-network dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
+  c.prior.attention = "auto"  # 'auto' (cuDNN flash attention on Ampere+ GPUs, else XLA) | 'cudnn' | 'xla' | 'stock'
+  c.prior.remat_encoder = False  # recompute the VAE encoder in the backward pass (memory for compute)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 15000  # DF: 15k iterations

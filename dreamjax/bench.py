@@ -160,11 +160,13 @@ def random_like(shapes: PyTree, key, dtype: Any) -> PyTree:
 
 
 def random_stable_diffusion(arch: str, dtype: Any = jnp.float32, seed: int = 0,
-                            use_memory_efficient_attention: bool = False, abstract: bool = False):
+                            use_memory_efficient_attention: bool = False, abstract: bool = False,
+                            attention: str = "auto", remat_encoder: bool = False):
   """A `StableDiffusion` of architecture `arch` with random weights, built with the class's constructor.
 
   It has no text encoder or tokenizer (`encode_text` is unavailable): use `random_text` for embeddings. With
   abstract=True its params are jax.ShapeDtypeStructs (nothing allocated; for `jax.eval_shape` checks).
+  attention, remat_encoder: as in `StableDiffusion.from_pretrained`.
   """
   from dreamjax.priors import stable_diffusion as sd
   a = ARCHITECTURES[arch]
@@ -181,7 +183,8 @@ def random_stable_diffusion(arch: str, dtype: Any = jnp.float32, seed: int = 0,
   return sd.StableDiffusion(unet=unet, vae=vae, text_encoder=None, tokenizer=None, params=params, text_params=None,
                             alphas_cumprod=sd.alphas_cumprod_from_config(a.scheduler),
                             prediction_type=a.scheduler["prediction_type"], image_size=image_size, dtype=dtype,
-                            scaling_factor=a.vae["scaling_factor"], source=f"random:{arch}")
+                            scaling_factor=a.vae["scaling_factor"], source=f"random:{arch}", attention=attention,
+                            remat_encoder=remat_encoder)
 
 
 def random_text(config: ml_collections.ConfigDict, dim: int, length: int = 77, seed: int = 0) -> dict:
@@ -331,7 +334,9 @@ def build(config: ml_collections.ConfigDict, arch: str, dtype: str = "auto", see
       config.prior.dtype = dtype
     prior = load_prior(config)
     return prior, step_lib.text_embeddings(prior, config)
-  prior = random_stable_diffusion(arch, resolve_dtype(dtype), seed, use_memory_efficient_attention, abstract)
+  prior = random_stable_diffusion(arch, resolve_dtype(dtype), seed, use_memory_efficient_attention, abstract,
+                                  attention=config.prior.get("attention", "auto"),
+                                  remat_encoder=bool(config.prior.get("remat_encoder", False)))
   return prior, random_text(config, ARCHITECTURES[arch].text_dim, ARCHITECTURES[arch].text_len, seed)
 
 
@@ -496,12 +501,14 @@ def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", st
           "host_cpu": _cpu_model(), "host_cores": os.cpu_count(), "versions": _versions(),
           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
           "build_s": build_s, "memory_efficient_attention": use_memory_efficient_attention,
+          "attention": getattr(prior, "attention", None), "remat_encoder": getattr(prior, "remat_encoder", None),
           "command": "",
       },
       "results": [],
   }
   log(f"bench: {arch} prior ({report['meta']['prior']}, {prior_dtype}, "
-      f"{report['meta']['prior_params'] / 1e6:.1f}M params) built in {build_s:.1f} s on {dev.device_kind}")
+      f"{report['meta']['prior_params'] / 1e6:.1f}M params, attention {report['meta']['attention']}, "
+      f"remat_encoder {report['meta']['remat_encoder']}) built in {build_s:.1f} s on {dev.device_kind}")
   for b in sorted(set(batches)):
     if flops_only:
       report["results"].append(count_flops(config, prior, text, b, num_devices=num_devices, phases=phases))
@@ -533,6 +540,7 @@ def format_report(report: dict) -> str:
       f"config: render {m['render'][0]}x{m['render'][1]}, coarse {m['num_coarse']} / fine {m['num_fine']}, "
       f"NeRF {m['nerf']}, optimizer {m['optimizer']}, distill {m['distill']} (CFG batch {m['cfg_batch']} per "
       f"camera), prior input {_fmt(m['prior_image_size'], 'd')}², text {tuple(m['text_shape'])}",
+      f"attention kernel: {m.get('attention')}; encoder remat: {m.get('remat_encoder')}",
   ]
   if m.get("compiler_options"):
     lines.append("compiler options: " + ", ".join(f"{k}={v}" for k, v in m["compiler_options"].items()))

@@ -25,7 +25,8 @@ def load_prior(config: ml_collections.ConfigDict):
   if c.kind == "stable_diffusion":
     from dreamjax.priors.stable_diffusion import StableDiffusion
     return StableDiffusion.from_pretrained(c.model, dtype=resolve_dtype(c.dtype), revision=c.revision or None,
-                                           variant=c.variant or None)
+                                           variant=c.variant or None, attention=c.get("attention", "auto"),
+                                           remat_encoder=bool(c.get("remat_encoder", False)))
   if c.kind == "toy":
     from dreamjax.toy import prior as toy_prior
     return toy_prior.load(c.model or None, dtype=resolve_dtype(c.dtype))

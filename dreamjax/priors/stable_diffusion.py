@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamjax.priors import attention as attention_lib
 from dreamjax.priors import base
 from dreamjax.priors import weights
 from dreamjax.priors.weights import WeightsError
@@ -100,31 +101,45 @@ def _vae_decode_nhwc(vae, z):
 # compiled code, eager calls are fast, and inside a caller's jit they are simply inlined. Parameters are arguments.
 
 
-@functools.partial(jax.jit, static_argnames=("vae", "image_size"))
-def _latent_moments(vae, image_size: int, vae_params: PyTree, images: jnp.ndarray):
-  """images [B, H, W, 3] in [0, 1] -> posterior (mean, logvar) [B, h, w, c] float32, unscaled."""
+@functools.partial(jax.jit, static_argnames=("vae", "image_size", "attention", "remat"))
+def _latent_moments(vae, image_size: int, attention: str, remat: bool, vae_params: PyTree, images: jnp.ndarray):
+  """images [B, H, W, 3] in [0, 1] -> posterior (mean, logvar) [B, h, w, c] float32, unscaled.
+
+  remat=True wraps the encoder in `jax.checkpoint`: its backward pass recomputes the forward activations instead of
+  keeping them (less memory, one more encoder forward).
+  """
   b = images.shape[0]
   x = images.astype(jnp.float32)
   if x.shape[1:3] != (image_size, image_size):
     x = jax.image.resize(x, (b, image_size, image_size, x.shape[-1]), "bilinear")
   x = (2.0 * x - 1.0).astype(vae.dtype)
-  moments = vae.apply({"params": vae_params}, x, method=_vae_encode_nhwc).astype(jnp.float32)
+
+  def encode(p, x):
+    with attention_lib.attention_kernels(attention):
+      return vae.apply({"params": p}, x, method=_vae_encode_nhwc)
+
+  if remat:
+    encode = jax.checkpoint(encode)
+  moments = encode(vae_params, x).astype(jnp.float32)
   mean, logvar = jnp.split(moments, 2, axis=-1)
   return mean, jnp.clip(logvar, -30.0, 20.0)
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
-def _decode(vae, vae_params: PyTree, z_unscaled: jnp.ndarray) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames=("vae", "attention"))
+def _decode(vae, attention: str, vae_params: PyTree, z_unscaled: jnp.ndarray) -> jnp.ndarray:
   """Unscaled latents [B, h, w, c] -> images [B, S, S, 3] in [0, 1] float32."""
-  x = vae.apply({"params": vae_params}, z_unscaled.astype(vae.dtype), method=_vae_decode_nhwc)
+  with attention_lib.attention_kernels(attention):
+    x = vae.apply({"params": vae_params}, z_unscaled.astype(vae.dtype), method=_vae_decode_nhwc)
   return jnp.clip(0.5 * x.astype(jnp.float32) + 0.5, 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("unet",))
-def _unet_nhwc(unet, unet_params: PyTree, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames=("unet", "attention"))
+def _unet_nhwc(unet, attention: str, unet_params: PyTree, z_t: jnp.ndarray, t: jnp.ndarray,
+               emb: jnp.ndarray) -> jnp.ndarray:
   """The UNet's raw output [B, h, w, c] float32 (epsilon or v) for NHWC z_t, int t [B], emb [B, L, D]."""
   x = jnp.transpose(z_t.astype(unet.dtype), (0, 3, 1, 2))
-  out = unet.apply({"params": unet_params}, x, t.astype(jnp.int32), emb.astype(unet.dtype)).sample
+  with attention_lib.attention_kernels(attention):
+    out = unet.apply({"params": unet_params}, x, t.astype(jnp.int32), emb.astype(unet.dtype)).sample
   return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
 
 
@@ -133,7 +148,10 @@ class StableDiffusion:
 
   def __init__(self, *, unet, vae, text_encoder, tokenizer, params: PyTree, text_params: PyTree,
                alphas_cumprod: np.ndarray, prediction_type: str, image_size: int, dtype: Any,
-               scaling_factor: float, shift_factor: float = 0.0, source: str = ""):
+               scaling_factor: float, shift_factor: float = 0.0, source: str = "", attention: str = "auto",
+               remat_encoder: bool = False):
+    """See from_pretrained for the arguments. attention: 'auto' | 'stock' | 'xla' | 'cudnn' (`priors.attention`),
+    resolved here; remat_encoder: recompute the VAE encoder's activations in its backward pass."""
     if prediction_type not in ("epsilon", "v_prediction"):
       raise WeightsError(f"prediction_type {prediction_type!r} is not supported (use 'epsilon' or 'v_prediction')")
     self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
@@ -146,6 +164,8 @@ class StableDiffusion:
     self.scaling_factor = float(scaling_factor)
     self.shift_factor = float(shift_factor or 0.0)
     self.source = source
+    self.attention = attention_lib.resolve(attention, self.dtype, attention_lib.unet_head_dims(unet))
+    self.remat_encoder = bool(remat_encoder)
     self._text_fn = jax.jit(lambda p, ids: self.text_encoder(ids, params=p).last_hidden_state)
 
   # ------------------------------------------------------------------------------------------- construction
@@ -154,8 +174,8 @@ class StableDiffusion:
   def from_pretrained(cls, source: str | os.PathLike = DEFAULT_SOURCE, dtype: Any = jnp.float32,
                       revision: str | None = None, variant: str | None = None, token: str | bool | None = None,
                       cache_dir: str | None = None, image_size: int | None = None,
-                      use_memory_efficient_attention: bool = False, split_head_dim: bool = False
-                      ) -> "StableDiffusion":
+                      use_memory_efficient_attention: bool = False, split_head_dim: bool = False,
+                      attention: str = "auto", remat_encoder: bool = False) -> "StableDiffusion":
     """Loads a diffusers-layout folder or Hub id without torch.
 
     Args:
@@ -167,6 +187,9 @@ class StableDiffusion:
       variant: weight file variant, e.g. 'fp16' (`diffusion_pytorch_model.fp16.safetensors`) or 'bf16'.
       image_size: VAE input resolution S; default UNet sample_size x VAE downsampling (512 for SD 1.x/2.x-base).
       use_memory_efficient_attention, split_head_dim: passed to the Flax UNet.
+      attention: attention kernel of the UNet and VAE, 'auto' (cuDNN flash attention on Ampere-or-newer NVIDIA GPUs
+        where it fits, else XLA's), 'cudnn', 'xla' or 'stock' (diffusers' einsum + softmax); see `priors.attention`.
+      remat_encoder: `jax.checkpoint` the VAE encoder (memory for one more encoder forward in the backward pass).
     Raises WeightsError (one-line message) when the weights cannot be had or do not fit.
     """
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
@@ -215,7 +238,7 @@ class StableDiffusion:
                text_params=text_params, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type,
                image_size=image_size, dtype=dtype,
                scaling_factor=vae_cfg.get("scaling_factor", 0.18215), shift_factor=vae_cfg.get("shift_factor"),
-               source=os.fspath(source))
+               source=os.fspath(source), attention=attention, remat_encoder=remat_encoder)
 
   # ------------------------------------------------------------------------------------------- properties
 
@@ -253,7 +276,7 @@ class StableDiffusion:
     Images are resized bilinearly to image_size x image_size (antialiased when shrinking), mapped to 2x - 1 and run
     through the VAE encoder in the model dtype.
     """
-    return _latent_moments(self.vae, self.image_size, params["vae"], images)
+    return _latent_moments(self.vae, self.image_size, self.attention, self.remat_encoder, params["vae"], images)
 
   def to_latents(self, params: PyTree, images: jnp.ndarray, rng: jnp.ndarray) -> jnp.ndarray:
     """Scaled latents z = (mean + std * N(0, 1)) * scaling_factor, [B, h, w, 4] float32; differentiable."""
@@ -267,11 +290,12 @@ class StableDiffusion:
     Computed in the model dtype; a v-prediction model's output is converted with eps = sqrt(abar) v + sqrt(1-abar) z_t.
     """
     t = jnp.asarray(t).astype(jnp.int32)
-    out = _unet_nhwc(self.unet, params["unet"], z_t, t, emb)
+    out = _unet_nhwc(self.unet, self.attention, params["unet"], z_t, t, emb)
     if self.prediction_type == "v_prediction":
       out = base.v_to_eps(out, z_t.astype(jnp.float32), jnp.asarray(self.alphas_cumprod)[t])
     return out
 
   def decode(self, params: PyTree, z: jnp.ndarray) -> jnp.ndarray:
     """Images [B, S, S, 3] in [0, 1] float32 for scaled latents z [B, h, w, 4] (debug previews)."""
-    return _decode(self.vae, params["vae"], z.astype(jnp.float32) / self.scaling_factor + self.shift_factor)
+    z_unscaled = z.astype(jnp.float32) / self.scaling_factor + self.shift_factor
+    return _decode(self.vae, self.attention, params["vae"], z_unscaled)
