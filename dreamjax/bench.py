@@ -27,7 +27,8 @@ Per per-device batch B (each device renders B cameras, as in training) it report
     for the compiled step (arguments + outputs + temporaries - aliased).
 
 --flops_only counts FLOPs from the lowered (unoptimised) HLO with abstract weights instead: nothing is compiled,
-allocated or run, so SD-size FLOP counts come from any host. --xla_option KEY=VALUE passes compiler options to every
+allocated or run, so SD-size FLOP counts come from any host. --compile_only also compiles (still abstract
+weights, nothing run) and adds XLA's static memory estimate and the optimised HLO's FLOPs for this host's backend. --xla_option KEY=VALUE passes compiler options to every
 compiled function (levers such as XLA GPU flags; the CI test uses it to compile faster).
 """
 
@@ -423,7 +424,7 @@ def benchmark_batch(config: ml_collections.ConfigDict, prior, text: dict, batch:
   log(f"  batch {batch}: step median {1e3 * med:.2f} ms ({result['it_per_s']:.3g} it/s)")
 
   fns = phase_functions(config, prior, tx)
-  for name in phases:
+  for name in (p for p in phases if p != "step"):  # the step itself was timed above
     args = _phase_args(name, config, prior, text, state, prior_params, batch, put)
     result["phases"][name] = time_jitted(fns[name], args, steps, warmup, compiler_options)
     log(f"  batch {batch}: {name} median {result['phases'][name]['median_ms']:.2f} ms")
@@ -431,22 +432,38 @@ def benchmark_batch(config: ml_collections.ConfigDict, prior, text: dict, batch:
 
 
 def count_flops(config: ml_collections.ConfigDict, prior, text: dict, batch: int, *, num_devices: int = 1,
-                phases: Sequence[str] = PHASES) -> dict:
+                phases: Sequence[str] = PHASES, compile: bool = False, compiler_options: dict | None = None,
+                log: Callable[[str], None] = lambda s: None) -> dict:
   """FLOPs of the step and each phase from XLA's cost analysis of the *lowered* (unoptimised) HLO, with abstract
-  inputs: nothing is compiled, allocated or run, so it works for SD-size priors on any host (use
-  `random_stable_diffusion(..., abstract=True)`). Returns {'batch_per_device', 'phases': {name: {'flops'}}}."""
+  inputs: nothing is allocated or run, so it works for SD-size priors on any host (use
+  `random_stable_diffusion(..., abstract=True)`). compile=True also compiles each function for this host's backend
+  and adds 'xla_bytes' (static memory estimate), 'compiled_flops' and 'compile_s'.
+  Returns {'batch_per_device', 'phases': {name: {'flops', ...}}}."""
   config = _batch_config(config, batch)
   mesh = step_lib.make_mesh(num_devices)
   tx = ts_lib.make_optimizer(config)
   state = jax.eval_shape(lambda: ts_lib.create(config, tx))
-  lowered_flops = lambda lowered: _flops(lowered)
+
+  def measure(name, lowered):
+    out = {"flops": _flops(lowered)}
+    if compile:
+      t0 = time.perf_counter()
+      compiled = lowered.compile(compiler_options)
+      out.update(compile_s=time.perf_counter() - t0, xla_bytes=_xla_bytes(compiled), compiled_flops=_flops(compiled))
+      log(f"  batch {batch}: {name} compiled in {out['compile_s']:.1f} s, XLA estimate {_gib(out['xla_bytes'])}")
+    return out
+
   out = {"batch_per_device": batch, "devices": mesh.devices.size, "global_batch": batch * mesh.devices.size,
-         "phases": {"step": {"flops": lowered_flops(
-             step_lib.make_train_step(config, prior, tx, mesh).lower(state, prior.params, text))}}}
+         "phases": {}}
+  if "step" in phases or not compile:
+    out["phases"]["step"] = measure("step", step_lib.make_train_step(config, prior, tx, mesh).lower(
+        state, prior.params, text))
   fns = phase_functions(config, prior, tx)
   for name in phases:
+    if name == "step":
+      continue
     args = _phase_args(name, config, prior, text, state, prior.params, batch)
-    out["phases"][name] = {"flops": lowered_flops(jax.jit(fns[name]).lower(*args))}
+    out["phases"][name] = measure(name, jax.jit(fns[name]).lower(*args))
   return out
 
 
@@ -475,15 +492,17 @@ def _cpu_model() -> str:
 def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", steps: int = 20, warmup: int = 3,
                   batches: Sequence[int] = (1,), dtype: str = "auto", num_devices: int = 1,
                   phases: Sequence[str] = PHASES, use_memory_efficient_attention: bool = False,
-                  compiler_options: dict | None = None, flops_only: bool = False,
+                  compiler_options: dict | None = None, flops_only: bool = False, compile_only: bool = False,
                   log: Callable[[str], None] = print) -> dict:
   """Runs the benchmark; returns the report {'meta': ..., 'results': [one dict per batch]} (`format_report` prints
-  it). flops_only: no timing, only `count_flops` (abstract SD weights: nothing allocated)."""
+  it). flops_only: no timing, only `count_flops` (abstract SD weights: nothing allocated); compile_only: the same
+  plus compilation (XLA memory estimates; phase 'step' in `phases` selects the whole step, else phases only)."""
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps must be >= 1 and --warmup >= 0 (got {steps}, {warmup})")
   if not batches or min(batches) < 1:
     raise ValueError(f"--batch must list per-device batch sizes >= 1 (got {list(batches)})")
   t0 = time.perf_counter()
+  flops_only = flops_only or compile_only
   prior, text = build(config, arch, dtype, config.seed, use_memory_efficient_attention, abstract=flops_only)
   build_s = time.perf_counter() - t0
   dev = jax.local_devices()[0]
@@ -496,7 +515,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", st
           "render": [config.render.height, config.render.width], "num_coarse": config.render.num_coarse,
           "num_fine": config.render.num_fine, "nerf": f"{config.nerf.width} x {config.nerf.num_blocks} blocks",
           "optimizer": config.optim.name, "distill": config.distill.name, "steps": steps, "warmup": warmup,
-          "flops_only": flops_only, "compiler_options": compiler_options or {},
+          "flops_only": flops_only, "compile_only": compile_only, "compiler_options": compiler_options or {},
           "platform": dev.platform, "device_kind": dev.device_kind, "num_devices": num_devices,
           "host_cpu": _cpu_model(), "host_cores": os.cpu_count(), "versions": _versions(),
           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -511,8 +530,10 @@ def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", st
       f"remat_encoder {report['meta']['remat_encoder']}) built in {build_s:.1f} s on {dev.device_kind}")
   for b in sorted(set(batches)):
     if flops_only:
-      report["results"].append(count_flops(config, prior, text, b, num_devices=num_devices, phases=phases))
-      log(f"  batch {b}: step {report['results'][-1]['phases']['step']['flops'] / 1e12:.3f} TFLOP")
+      report["results"].append(count_flops(config, prior, text, b, num_devices=num_devices, phases=phases,
+                                           compile=compile_only, compiler_options=compiler_options, log=log))
+      if "step" in report["results"][-1]["phases"]:
+        log(f"  batch {b}: step {report['results'][-1]['phases']['step']['flops'] / 1e12:.3f} TFLOP")
     else:
       report["results"].append(benchmark_batch(config, prior, text, b, steps=steps, warmup=warmup,
                                                num_devices=num_devices, phases=phases,
@@ -545,8 +566,9 @@ def format_report(report: dict) -> str:
   if m.get("compiler_options"):
     lines.append("compiler options: " + ", ".join(f"{k}={v}" for k, v in m["compiler_options"].items()))
   if m.get("flops_only"):
-    lines += ["FLOPs only (XLA cost analysis of the lowered, unoptimised HLO; nothing compiled or run), GFLOP per "
-              "device per call:", ""]
+    lines += ["FLOPs only (XLA cost analysis of the lowered, unoptimised HLO; nothing run), GFLOP per device per "
+              "call" + ("; XLA static memory estimates of the compiled functions (this host's backend)" if
+                        m.get("compile_only") else "") + ":", ""]
     names = list(report["results"][0]["phases"]) if report["results"] else []
     lines.append(f"  {'phase':<32}" + "".join(f" {'batch ' + str(r['batch_per_device']):>10}"
                                              for r in report["results"]))
@@ -554,6 +576,12 @@ def format_report(report: dict) -> str:
       lines.append(f"  {PHASE_LABELS.get(name, name):<32}" + "".join(
           f" {_fmt(None if r['phases'][name]['flops'] is None else r['phases'][name]['flops'] / 1e9, '.1f'):>10}"
           for r in report["results"]))
+    if m.get("compile_only"):
+      lines += ["", f"  {'XLA estimate (GiB)':<32}"]
+      gib = lambda b: None if b is None else b / 2 ** 30
+      for name in names:
+        lines.append(f"  {PHASE_LABELS.get(name, name):<32}" + "".join(
+            f" {_fmt(gib(r['phases'][name].get('xla_bytes')), '.2f'):>10}" for r in report["results"]))
     return "\n".join(lines)
   lines += [
       f"timing: median / min over {m['steps']} steps after {m['warmup']} warmup; FLOPs from XLA cost analysis "
@@ -633,6 +661,9 @@ def main(argv: Sequence[str]) -> dict:
                     flag_values=fv)
   flags.DEFINE_bool("flops_only", False, "Only count FLOPs (lowered HLO, abstract SD weights): no compile, no run; "
                     "works for sd15/sd21 on any host.", flag_values=fv)
+  flags.DEFINE_bool("compile_only", False, "Like --flops_only, and also compile each function (abstract weights, "
+                    "nothing run): adds XLA's static memory estimate. Add 'step' to --phases for the whole step.",
+                    flag_values=fv)
   flags.DEFINE_multi_string("xla_option", [], "KEY=VALUE compiler option for every compiled function (repeatable), "
                             "e.g. xla_gpu_enable_latency_hiding_scheduler=true.", flag_values=fv)
   flags.DEFINE_string("json", None, "Write the report (all numbers, every step time) to this JSON file.",
@@ -642,13 +673,14 @@ def main(argv: Sequence[str]) -> dict:
     return {}
   fv(list(argv))
   phases = [p for p in fv.phases.split(",") if p.strip()]
-  unknown = sorted(set(phases) - set(PHASES))
+  unknown = sorted(set(phases) - set(PHASES) - {"step"})
   if unknown:
     raise ValueError(f"--phases {','.join(unknown)} unknown; use a subset of {','.join(PHASES)}")
   report = run_benchmark(fv.config, arch=fv.arch, steps=fv.steps, warmup=fv.warmup,
                          batches=_parse_batches(fv.batch), dtype=fv.dtype, num_devices=fv.devices, phases=phases,
                          use_memory_efficient_attention=fv.memory_efficient_attention,
                          compiler_options=_parse_options(fv.xla_option), flops_only=fv.flops_only,
+                         compile_only=fv.compile_only,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
   report["meta"]["command"] = "python -m dreamjax.bench " + shlex.join(list(argv[1:]))
   print(format_report(report), flush=True)

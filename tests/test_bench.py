@@ -121,3 +121,19 @@ def test_random_weights_have_lecun_scale():
   np.testing.assert_array_equal(np.asarray(p["norm"]["bias"], np.float32), 0)
   np.testing.assert_array_equal(np.asarray(p["norm"]["scale"], np.float32), 1)
   assert abs(np.asarray(p["pos"], np.float64).std() / 0.02 - 1) < 0.03
+
+
+def test_compile_only_reports_memory_and_remat_recomputes(capsys):
+  """--compile_only (tiny config, encode phase, nothing run) reports XLA's memory estimate; with
+  prior.remat_encoder the compiled encoder fwd+bwd does more than 1.2x the FLOPs (its forward, about a third of
+  fwd+bwd, is recomputed in the backward pass)."""
+  reports = {}
+  for remat in (False, True):
+    reports[remat] = bench.main(["bench", "--config", str(ROOT / "configs" / "tiny.py"), "--arch", "config",
+                                 "--compile_only", "--batch", "1", "--phases", "encode",
+                                 f"--config.prior.remat_encoder={remat}"])
+    assert "XLA estimate" in capsys.readouterr().out
+  off, on = (reports[r]["results"][0]["phases"]["encode"] for r in (False, True))
+  assert reports[True]["meta"]["remat_encoder"] is True and reports[False]["meta"]["remat_encoder"] is False
+  assert _positive_finite(off["xla_bytes"]) and _positive_finite(on["xla_bytes"])
+  assert on["compiled_flops"] > 1.2 * off["compiled_flops"]

@@ -142,11 +142,15 @@ def resolve(mode: str, dtype, head_dims: tuple[int, ...] = ()) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _probe_cudnn(dtype_name: str, head_dims: tuple[int, ...]) -> None:
-  """Compiles and runs cuDNN attention (forward and backward) once per head dim on small inputs; raises on failure."""
+  """Compiles and runs cuDNN attention once per head dim on small inputs shaped like SD's: self-attention with its
+  gradient (T = S = 128) and cross-attention over 77 text tokens (forward). Raises on any failure."""
   for d in head_dims:
-    q = jnp.ones((1, 128, 2, d), dtype_name)
-    f = lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn").astype(jnp.float32).sum()
-    jax.block_until_ready(jax.jit(jax.grad(f))(q))
+    q = jnp.ones((2, 128, 2, d), dtype_name)
+    text = jnp.ones((2, 77, 2, d), dtype_name)
+    self_attn = lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn").astype(jnp.float32).sum()
+    cross_attn = lambda q, kv: jax.nn.dot_product_attention(q, kv, kv, implementation="cudnn")
+    jax.block_until_ready(jax.jit(jax.grad(self_attn))(q))
+    jax.block_until_ready(jax.jit(cross_attn)(q, text))
 
 
 def unet_head_dims(unet) -> tuple[int, ...]:
