@@ -34,6 +34,7 @@ class RenderSettings:
   resample_padding: float = 0.01  # added to coarse weights before resampling (Mip-NeRF)
   ambient: float = 0.1  # ambient light l_a when shading is on (DF A.2)
   diffuse: float = 0.9  # diffuse light colour l_rho when shading is on (DF A.2)
+  remat_field: bool = False  # jax.checkpoint the fine pass's field + normals: recomputed in the backward pass
 
 
 def intersect_sphere(origins, directions, radius):
@@ -154,7 +155,10 @@ def render_rays(field_fn: FieldFn, background_fn: BackgroundFn, origins, directi
   # Fine pass: resampled intervals, rendered with normals and shading.
   edges = resample_edges(k_fine, edges_c, weights_c, settings.num_fine, settings.resample_padding, randomized)
   pts, t_mid = points_at(edges)
-  pre, albedo, normals = field_normals(field_fn, pts, var)
+  fine_field = lambda p, v: field_normals(field_fn, p, v)
+  if settings.remat_field:  # keep no MLP activations between the forward and backward passes
+    fine_field = jax.checkpoint(fine_field)
+  pre, albedo, normals = fine_field(pts, var)
   weights = alpha_weights(trunc_exp(pre), edges)
   n_rays, n_samples = weights.shape
   colour = lambertian(albedo, normals, pts, jnp.broadcast_to(light_pos[:, None, :], pts.shape),
