@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.prior.revision = ""  # hub revision ("" = default branch)
   c.prior.variant = ""  # weight file variant, e.g. "fp16" ("" = full precision files)
   c.prior.dtype = "auto"  # frozen-network dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | 'float32' | 'bfloat16'
-  c.prior.attention = "auto"  # 'auto' (cuDNN flash attention on Ampere+ GPUs, else XLA) | 'cudnn' | 'xla' | 'stock'
+  c.prior.attention = "auto"  # 'auto' (cuDNN flash attention on Ampere+ GPUs, else stock) | 'cudnn' | 'xla' | 'stock'
   c.prior.remat_encoder = False  # recompute the VAE encoder in the backward pass (memory for compute)
 
   c.train = ml_collections.ConfigDict()

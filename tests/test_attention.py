@@ -58,7 +58,7 @@ def test_dot_product_attention_matches_float64():
   np.testing.assert_allclose(np.asarray(out), np.einsum("bnts,bsnh->btnh", p, v64), atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["xla", "cudnn"])  # on a CPU 'cudnn' falls back to XLA for every layer
+@pytest.mark.parametrize("mode", ["xla", "cudnn"])  # on a CPU 'cudnn' leaves every layer to diffusers' code
 def test_swapped_attention_matches_pytorch(mode):
   """With the swap, UNet eps, VAE posterior and VAE decode still match the PyTorch reference (same bars as stock)."""
   sd, r = model(mode), ref()
@@ -71,14 +71,14 @@ def test_swapped_attention_matches_pytorch(mode):
 
 
 def test_swap_reaches_every_attention_layer(monkeypatch):
-  """Tracing the UNet / encoder / decoder with mode 'xla' routes every attention layer through `_dpa` (counted
-  against the modules' own layer counts), and 'stock' routes none."""
+  """Tracing the UNet and the encoder with mode 'xla' routes every attention layer through `_dpa` (counted against
+  the modules' own layer counts); 'stock', and 'cudnn' where cuDNN cannot run (this CPU), route none."""
   calls = []
   real = attention._dpa
   monkeypatch.setattr(attention, "_dpa", lambda *a: calls.append(a[0].shape) or real(*a))
   r = ref()
   zt, t, emb = jnp.asarray(r["unet_zt"]), jnp.asarray(r["unet_t"]), jnp.asarray(r["unet_emb"])
-  for mode in ("stock", "xla"):
+  for mode in ("stock", "cudnn", "xla"):
     sd = model(mode)
     jax.clear_caches()  # the network kernels are jitted; make them trace again
     calls.clear()
@@ -87,7 +87,7 @@ def test_swap_reaches_every_attention_layer(monkeypatch):
     calls.clear()
     jax.eval_shape(lambda x: sd.latent_moments(sd.params, x), jnp.asarray(r["image"]))
     encoder_calls = len(calls)
-    if mode == "stock":
+    if mode != "xla":
       assert unet_calls == encoder_calls == 0
     else:
       u = sd.unet
@@ -137,10 +137,10 @@ def test_cudnn_shape_rules(monkeypatch):
 
 
 def test_auto_mode_and_bad_names():
-  """On a CPU 'auto' resolves to 'xla'; head dims come from the UNet config; an unknown mode is one clear error."""
+  """On a CPU 'auto' resolves to 'stock'; head dims come from the UNet config; an unknown mode is one clear error."""
   assert jax.default_backend() == "cpu"
   sd = model("auto")
-  assert sd.attention == "xla"
+  assert sd.attention == "stock"
   # Head dims by hand: tiny fixture 32 channels / 4 heads; SD 1.5 8 heads over 320/640/1280 channels; SD 2.1 heads
   # (5, 10, 20, 20) over (320, 640, 1280, 1280) channels.
   assert attention.unet_head_dims(sd.unet) == (8,)
@@ -151,3 +151,28 @@ def test_auto_mode_and_bad_names():
   with pytest.raises(ValueError, match="must be resolved"):
     with attention.attention_kernels("auto"):
       pass
+
+
+def test_cudnn_mode_routes_fitting_layers_to_cudnn(monkeypatch):
+  """In mode 'cudnn' exactly the layers whose head dim cuDNN takes call the kernel with implementation='cudnn' (here
+  cuDNN's rule is replaced by 'head dim == 8', the tiny UNet's, and the kernel by XLA's, since this is a CPU): all 8
+  UNet attention layers, not the VAE's 1-head mid-block; eps then equals the stock model's."""
+  calls = []
+  monkeypatch.setattr(attention, "cudnn_fits", lambda dtype, head_dim: head_dim == 8)
+  def fake_kernel(q, k, v, scale, implementation):
+    calls.append(implementation)
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+
+  monkeypatch.setattr(attention, "_dpa", fake_kernel)
+  r = ref()
+  sd = model("cudnn")
+  jax.clear_caches()
+  eps = sd.predict_eps(sd.params, jnp.asarray(r["unet_zt"]), jnp.asarray(r["unet_t"]), jnp.asarray(r["unet_emb"]))
+  assert calls == ["cudnn"] * 8
+  calls.clear()
+  jax.eval_shape(lambda x: sd.latent_moments(sd.params, x), jnp.asarray(r["image"]))
+  assert calls == []
+  stock = model("stock")
+  ref_eps = stock.predict_eps(stock.params, jnp.asarray(r["unet_zt"]), jnp.asarray(r["unet_t"]),
+                              jnp.asarray(r["unet_emb"]))
+  assert max_err(eps, ref_eps) < 1e-5

@@ -8,10 +8,13 @@ stores the score matrix.
 
 Modes (`prior.attention`):
   stock   diffusers' own code, untouched;
-  xla     `jax.nn.dot_product_attention(implementation="xla")` everywhere (the same maths; scores and softmax in f32);
-  cudnn   cuDNN flash attention where cuDNN takes the shapes (GPU, bf16/f16, head dim a multiple of 8 and <= 128, or
-          <= 256 from Hopper on), XLA elsewhere (e.g. the VAE's single 512-wide head);
-  auto    'cudnn' on an NVIDIA GPU of compute capability >= 8.0 where a probe call compiles and runs, else 'xla'.
+  xla     `jax.nn.dot_product_attention(implementation="xla")` everywhere: the same maths with scores and softmax in
+          float32 (more accurate in bf16, and more memory: +1.85 GiB of XLA's estimate for SD 1.5's CFG UNet call,
+          measured on a CPU with `python -m dreamjax.bench --compile_only`);
+  cudnn   cuDNN flash attention in the layers whose shapes cuDNN takes (NVIDIA GPU of compute capability >= 8.0,
+          bf16/f16, head dim a multiple of 8 and <= 128, or <= 256 from Hopper on); diffusers' own code in the others
+          (e.g. the VAE's single 512-wide head);
+  auto    'cudnn' where some UNet layer fits and a probe call compiles and runs there, else 'stock'.
 
 The swap works by Flax method interception (`flax.linen.intercept_methods`) around the apply call, so the modules,
 their parameter trees and the weight loading stay diffusers' own. Use as
@@ -38,11 +41,9 @@ MODES = ("stock", "xla", "cudnn", "auto")
 log = logging.getLogger(__name__)
 
 
-def _dpa(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float, mode: str) -> jnp.ndarray:
-  """Attention of q [B, T, N, H] over k, v [B, S, N, H] -> [B, T, N, H]; cuDNN if `mode` is 'cudnn' and it fits."""
-  if mode == "cudnn" and cudnn_fits(q.dtype, q.shape[-1]):
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
-  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
+def _dpa(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, scale: float, implementation: str) -> jnp.ndarray:
+  """Attention of q [B, T, N, H] over k, v [B, S, N, H] -> [B, T, N, H] ('xla' or 'cudnn')."""
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
 
 
 def cudnn_fits(dtype, head_dim: int) -> bool:
@@ -93,12 +94,16 @@ def _interceptor(mode: str):
   from diffusers.models.attention_flax import FlaxAttention
   from diffusers.models.vae_flax import FlaxAttentionBlock
 
+  def swapped(module, head_dim: int) -> bool:
+    return mode == "xla" or cudnn_fits(module.dtype, head_dim)
+
   def intercept(next_fun, args, kwargs, context):
+    m = context.module
     if context.method_name == "__call__":
-      if isinstance(context.module, FlaxAttention) and not context.module.use_memory_efficient_attention:
-        return _unet_attention(context.module, *args, **kwargs, mode=mode)
-      if isinstance(context.module, FlaxAttentionBlock):
-        return _vae_attention(context.module, *args, **kwargs, mode=mode)
+      if isinstance(m, FlaxAttention) and not m.use_memory_efficient_attention and swapped(m, m.dim_head):
+        return _unet_attention(m, *args, **kwargs, mode=mode)
+      if isinstance(m, FlaxAttentionBlock) and swapped(m, m.channels // m.num_heads):
+        return _vae_attention(m, *args, **kwargs, mode=mode)
     return next_fun(*args, **kwargs)
 
   return intercept
@@ -125,18 +130,19 @@ def check_mode(mode: str) -> str:
 
 def resolve(mode: str, dtype, head_dims: tuple[int, ...] = ()) -> str:
   """'auto' -> 'cudnn' where an NVIDIA GPU (cc >= 8.0) takes `dtype` and one of `head_dims` and a probe call compiles
-  and runs there, else 'xla'. Other modes are returned as they are (after checking the name)."""
+  and runs there, else 'stock'. Other modes are returned as they are (after checking the name)."""
   check_mode(mode)
   if mode != "auto":
     return mode
   fitting = [d for d in head_dims if cudnn_fits(dtype, d)]
   if not fitting:
-    return "xla"
+    return "stock"
   try:
     _probe_cudnn(jnp.dtype(dtype).name, tuple(fitting))
   except Exception as e:  # noqa: BLE001 -- any failure of the probe means: do not use cuDNN attention
-    log.warning("cuDNN attention failed a probe call (%s); using XLA attention.", str(e).splitlines()[0][:200])
-    return "xla"
+    log.warning("cuDNN attention failed a probe call (%s); using diffusers' attention.",
+                str(e).splitlines()[0][:200])
+    return "stock"
   return "cudnn"
 
 

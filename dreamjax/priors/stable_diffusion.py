@@ -188,7 +188,8 @@ class StableDiffusion:
       image_size: VAE input resolution S; default UNet sample_size x VAE downsampling (512 for SD 1.x/2.x-base).
       use_memory_efficient_attention, split_head_dim: passed to the Flax UNet.
       attention: attention kernel of the UNet and VAE, 'auto' (cuDNN flash attention on Ampere-or-newer NVIDIA GPUs
-        where it fits, else XLA's), 'cudnn', 'xla' or 'stock' (diffusers' einsum + softmax); see `priors.attention`.
+        where it fits, else diffusers' own), 'cudnn', 'xla' or 'stock' (diffusers' einsum + softmax); see
+        `priors.attention`.
       remat_encoder: `jax.checkpoint` the VAE encoder (memory for one more encoder forward in the backward pass).
     Raises WeightsError (one-line message) when the weights cannot be had or do not fit.
     """
