@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.render.num_coarse = 64  # stratified intervals per ray (not in DF; Mip-NeRF 360's proposal count)
   c.render.num_fine = 32  # resampled intervals per ray that are rendered (not in DF; Mip-NeRF 360's NeRF count)
   c.render.resample_padding = 0.01  # weight padding for resampling
-  c.render.remat_field = False  # recompute the fine pass's MLP + normals in the backward pass (memory for compute)
+  c.render.ray_chunks = 1  # >1: render rays in this many rematerialised chunks (renderer memory / chunks, +1 fwd)
   c.render.random_background_prob = 0.0  # prob of replacing the background MLP by a random solid colour (off: DF)
 
   c.loss = ml_collections.ConfigDict()

@@ -521,6 +521,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", st
           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
           "build_s": build_s, "memory_efficient_attention": use_memory_efficient_attention,
           "attention": getattr(prior, "attention", None), "remat_encoder": getattr(prior, "remat_encoder", None),
+          "ray_chunks": int(config.render.get("ray_chunks", 1)),
           "command": "",
       },
       "results": [],
@@ -561,8 +562,12 @@ def format_report(report: dict) -> str:
       f"config: render {m['render'][0]}x{m['render'][1]}, coarse {m['num_coarse']} / fine {m['num_fine']}, "
       f"NeRF {m['nerf']}, optimizer {m['optimizer']}, distill {m['distill']} (CFG batch {m['cfg_batch']} per "
       f"camera), prior input {_fmt(m['prior_image_size'], 'd')}², text {tuple(m['text_shape'])}",
-      f"attention kernel: {m.get('attention')}; encoder remat: {m.get('remat_encoder')}",
+      f"attention kernel: {m.get('attention')}; encoder remat: {m.get('remat_encoder')}; render ray chunks: "
+      f"{m.get('ray_chunks', 1)}",
   ]
+  if m.get("ray_chunks", 1) > 1:
+    lines.append("note: XLA's cost analysis counts the body of the ray-chunk loop once, so the render and step FLOPs "
+                 "(and TFLOP/s) below leave out the other chunks")
   if m.get("compiler_options"):
     lines.append("compiler options: " + ", ".join(f"{k}={v}" for k, v in m["compiler_options"].items()))
   if m.get("flops_only"):

@@ -5,6 +5,7 @@ the orientation and opacity regularisers, finite gradients, and a whole tiny-con
 Run: .venv/bin/python -m pytest -q tests/test_render.py
 """
 
+import dataclasses
 import functools
 import importlib.util
 import pathlib
@@ -418,37 +419,36 @@ class RenderRaysTest(chex.TestCase):
       assert float(jnp.abs(g[0]).max()) > 0.0
 
 
-  def test_remat_field_changes_nothing_but_the_graph(self):
-    """render.remat_field=True (jax.checkpoint around the fine pass's field + normals) gives the same outputs and the
-    same gradients w.r.t. every scene parameter as without (to float32 rounding), and the backward graph holds a
-    checkpoint only when it is on."""
+  def test_ray_chunks_change_memory_not_values(self):
+    """render.ray_chunks = 4 (rays rendered as 4 rematerialised chunks under lax.map) gives the same outputs and the
+    same gradients w.r.t. every scene parameter as one pass (deterministic sampling, to float32 rounding); the
+    backward graph holds a checkpoint only when chunked; a count that does not divide the rays is one clear error."""
     c, params = _tiny_scene()
-    o, d = _test_rays()
-    o, d = jnp.asarray(o, jnp.float32), jnp.asarray(d, jnp.float32)
-    light = jnp.broadcast_to(jnp.array([0.5, 1.0, 1.2]), o.shape)
-    mode = jnp.array([0, 1, 2, 1, 2, 1, 0])
+    cams = cam_lib.orbit_cameras([20.0, -10.0], [0.0, 130.0], [1.5, 1.2], 0.8 * c.render.width)
+    light = jnp.array([[1.0, 0.5, 1.0], [-0.5, 1.2, 0.3]])
+    mode = jnp.array([cam_lib.SHADED, cam_lib.TEXTURELESS])
 
-    def loss(params, remat):
-      c.render.remat_field = remat
+    def loss(params, chunks):
       field_fn, bg_fn = scene.fields(params, c)
-      out = render.render_rays(field_fn, bg_fn, o, d, jax.random.PRNGKey(3), var=0.05, light_pos=light, mode=mode,
-                               settings=scene.render_settings(c))
+      settings = dataclasses.replace(scene.render_settings(c), ray_chunks=chunks)
+      out = render.render_views(field_fn, bg_fn, cams, 8, 8, jax.random.PRNGKey(3), var=0.05, light_pos=light,
+                                mode=mode, settings=settings, randomized=False)
       return out['rgb'].sum() + 10.0 * out['loss_orient'].sum() + 0.1 * out['loss_opacity'].sum(), out['rgb']
 
-    try:
-      results = {}
-      for remat in (False, True):
-        grad_fn = jax.grad(functools.partial(loss, remat=remat), has_aux=True)
-        jaxpr = str(jax.make_jaxpr(grad_fn)(params))
-        assert ('checkpoint' in jaxpr or 'remat' in jaxpr) == remat
-        results[remat] = fast_jit(grad_fn)(params)
-    finally:
-      c.render.remat_field = False
-    (g0, rgb0), (g1, rgb1) = results[False], results[True]
-    np.testing.assert_allclose(rgb1, rgb0, atol=1e-6)
-    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g0))
+    results = {}
+    for chunks in (1, 4):
+      grad_fn = jax.grad(functools.partial(loss, chunks=chunks), has_aux=True)
+      jaxpr = str(jax.make_jaxpr(grad_fn)(params))
+      assert ('checkpoint' in jaxpr or 'remat' in jaxpr) == (chunks > 1)
+      results[chunks] = fast_jit(grad_fn)(params)
+    (g1, rgb1), (g4, rgb4) = results[1], results[4]
+    chex.assert_shape(rgb4, (2, 8, 8, 3))
+    np.testing.assert_allclose(rgb4, rgb1, atol=1e-6)
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1))
     assert scale > 0
-    chex.assert_trees_all_close(g1, g0, atol=1e-5 * scale)
+    chex.assert_trees_all_close(g4, g1, atol=1e-5 * scale)
+    with self.assertRaisesRegex(ValueError, 'ray_chunks=3 does not divide the 128 rays'):
+      loss(params, 3)
 
 
 class SceneTest(chex.TestCase):

@@ -34,7 +34,7 @@ class RenderSettings:
   resample_padding: float = 0.01  # added to coarse weights before resampling (Mip-NeRF)
   ambient: float = 0.1  # ambient light l_a when shading is on (DF A.2)
   diffuse: float = 0.9  # diffuse light colour l_rho when shading is on (DF A.2)
-  remat_field: bool = False  # jax.checkpoint the fine pass's field + normals: recomputed in the backward pass
+  ray_chunks: int = 1  # render_views: rays in this many sequential, rematerialised chunks (memory / ray_chunks)
 
 
 def intersect_sphere(origins, directions, radius):
@@ -155,10 +155,7 @@ def render_rays(field_fn: FieldFn, background_fn: BackgroundFn, origins, directi
   # Fine pass: resampled intervals, rendered with normals and shading.
   edges = resample_edges(k_fine, edges_c, weights_c, settings.num_fine, settings.resample_padding, randomized)
   pts, t_mid = points_at(edges)
-  fine_field = lambda p, v: field_normals(field_fn, p, v)
-  if settings.remat_field:  # keep no MLP activations between the forward and backward passes
-    fine_field = jax.checkpoint(fine_field)
-  pre, albedo, normals = fine_field(pts, var)
+  pre, albedo, normals = field_normals(field_fn, pts, var)
   weights = alpha_weights(trunc_exp(pre), edges)
   n_rays, n_samples = weights.shape
   colour = lambertian(albedo, normals, pts, jnp.broadcast_to(light_pos[:, None, :], pts.shape),
@@ -194,12 +191,35 @@ def render_views(field_fn: FieldFn, background_fn: BackgroundFn, cams: cam_lib.C
                  rng, *, var, light_pos, mode, settings: RenderSettings = RenderSettings(), randomized: bool = True,
                  keep=("rgb", "opacity", "depth", "albedo", "normal", "loss_orient", "loss_opacity")) -> dict:
   """Renders N cameras. light_pos [N, 3], mode [N] int. Returns the `keep` outputs of `render_rays` reshaped to
-  [N, H, W, ...]."""
+  [N, H, W, ...].
+
+  With settings.ray_chunks = K > 1 the N*H*W rays are rendered as K equal chunks in sequence (`lax.map`), each under
+  `jax.checkpoint`: the backward pass recomputes one chunk at a time, so the renderer's activation memory shrinks
+  about K-fold for one more forward pass. Chunk i draws its samples with fold_in(rng, i) (same distribution, other
+  draws than K = 1 when randomized; identical results when not).
+  """
   origins, directions = cam_lib.camera_rays(cams, height, width)
   n = origins.shape[0]
   flat = lambda x: x.reshape((-1,) + x.shape[4:] if x.ndim > 4 else (-1, x.shape[-1]))
   per_ray = lambda x: jnp.broadcast_to(x[:, None, None], (n, height, width) + x.shape[1:]).reshape(
       (n * height * width,) + x.shape[1:])
-  out = render_rays(field_fn, background_fn, flat(origins), flat(directions), rng, var=var,
-                    light_pos=per_ray(light_pos), mode=per_ray(mode), settings=settings, randomized=randomized)
-  return {k: out[k].reshape((n, height, width) + out[k].shape[1:]) for k in keep}
+  rays = (flat(origins), flat(directions), per_ray(light_pos), per_ray(mode))
+
+  def render(rays, key):
+    o, d, light, m = rays
+    out = render_rays(field_fn, background_fn, o, d, key, var=var, light_pos=light, mode=m, settings=settings,
+                      randomized=randomized)
+    return {k: out[k] for k in keep}
+
+  k = int(settings.ray_chunks)
+  r = n * height * width
+  if k <= 1:
+    out = render(rays, rng)
+  else:
+    if r % k:
+      raise ValueError(f"render.ray_chunks={k} does not divide the {r} rays of {n} camera(s) x {height}x{width}")
+    chunked = jax.tree.map(lambda x: x.reshape((k, r // k) + x.shape[1:]), rays)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(k))
+    out = jax.lax.map(jax.checkpoint(lambda a: render(*a)), (chunked, keys))
+    out = jax.tree.map(lambda x: x.reshape((r,) + x.shape[2:]), out)
+  return {name: out[name].reshape((n, height, width) + out[name].shape[1:]) for name in keep}

@@ -35,7 +35,7 @@ def render_settings(config: ml_collections.ConfigDict) -> render.RenderSettings:
   c = config.render
   return render.RenderSettings(radius=c.radius, near=c.near, num_coarse=c.num_coarse, num_fine=c.num_fine,
                                resample_padding=c.resample_padding, ambient=config.shading.ambient,
-                               diffuse=config.shading.diffuse, remat_field=bool(c.get("remat_field", False)))
+                               diffuse=config.shading.diffuse, ray_chunks=int(c.get("ray_chunks", 1)))
 
 
 def ipe_variance(config: ml_collections.ConfigDict, step) -> jnp.ndarray:
