@@ -176,3 +176,15 @@ def test_cudnn_mode_routes_fitting_layers_to_cudnn(monkeypatch):
   ref_eps = stock.predict_eps(stock.params, jnp.asarray(r["unet_zt"]), jnp.asarray(r["unet_t"]),
                               jnp.asarray(r["unet_emb"]))
   assert max_err(eps, ref_eps) < 1e-5
+
+
+def test_auto_falls_back_to_stock_when_the_cudnn_probe_fails(monkeypatch, caplog):
+  """'auto' where cuDNN's shape rules pass but the probe call fails (here: a CPU, where cuDNN is absent) resolves to
+  'stock' with one warning; the probe's own wrapping (jit of shard_map of vmap, gradient, 77-token cross-attention)
+  runs with the XLA kernel, so a failure there would be cuDNN's."""
+  attention.probe_kernel("float32", (8, 16), "xla")
+  monkeypatch.setattr(attention, "cudnn_fits", lambda dtype, head_dim: True)
+  attention._probe_cudnn.cache_clear()
+  with caplog.at_level("WARNING", logger=attention.__name__):
+    assert attention.resolve("auto", jnp.bfloat16, (40, 80)) == "stock"
+  assert any("cuDNN attention failed a probe call" in r.message for r in caplog.records)

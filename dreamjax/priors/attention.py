@@ -148,15 +148,27 @@ def resolve(mode: str, dtype, head_dims: tuple[int, ...] = ()) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _probe_cudnn(dtype_name: str, head_dims: tuple[int, ...]) -> None:
-  """Compiles and runs cuDNN attention once per head dim on small inputs shaped like SD's: self-attention with its
-  gradient (T = S = 128) and cross-attention over 77 text tokens (forward). Raises on any failure."""
+  """`probe_kernel` with cuDNN, once per process and shape set."""
+  probe_kernel(dtype_name, head_dims, "cudnn")
+
+
+def probe_kernel(dtype_name: str, head_dims: tuple[int, ...], implementation: str) -> None:
+  """Compiles and runs `implementation`'s attention once per head dim on small inputs shaped like SD's and wrapped like the train
+  step's (jit of shard_map over a 1-device mesh, vmap over cameras): self-attention with its gradient (T = S = 128)
+  and cross-attention over 77 text tokens. Raises on any failure."""
+  from jax.sharding import PartitionSpec as P
+  mesh = jax.make_mesh((1,), ("probe",), devices=jax.devices()[:1])
   for d in head_dims:
-    q = jnp.ones((2, 128, 2, d), dtype_name)
-    text = jnp.ones((2, 77, 2, d), dtype_name)
-    self_attn = lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn").astype(jnp.float32).sum()
-    cross_attn = lambda q, kv: jax.nn.dot_product_attention(q, kv, kv, implementation="cudnn")
-    jax.block_until_ready(jax.jit(jax.grad(self_attn))(q))
-    jax.block_until_ready(jax.jit(cross_attn)(q, text))
+    q = jnp.ones((2, 2, 128, 2, d), dtype_name)  # [cameras, batch, tokens, heads, head dim]
+    text = jnp.ones((2, 2, 77, 2, d), dtype_name)
+
+    def per_device(q, text):
+      attend = lambda q, kv: jax.nn.dot_product_attention(q, kv, kv, implementation=implementation)
+      self_loss = lambda q: jax.vmap(attend)(q, q).astype(jnp.float32).sum()
+      return jax.grad(self_loss)(q), jax.vmap(attend)(q, text)
+
+    fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()), check_vma=False)
+    jax.block_until_ready(jax.jit(fn)(q, text))
 
 
 def unet_head_dims(unet) -> tuple[int, ...]:
