@@ -153,9 +153,9 @@ def _probe_cudnn(dtype_name: str, head_dims: tuple[int, ...]) -> None:
 
 
 def probe_kernel(dtype_name: str, head_dims: tuple[int, ...], implementation: str) -> None:
-  """Compiles and runs `implementation`'s attention once per head dim on small inputs shaped like SD's and wrapped like the train
-  step's (jit of shard_map over a 1-device mesh, vmap over cameras): self-attention with its gradient (T = S = 128)
-  and cross-attention over 77 text tokens. Raises on any failure."""
+  """Compiles and runs `implementation`'s attention once per head dim on small inputs shaped like SD's and wrapped
+  like the train step's (jit of shard_map over a 1-device mesh, vmap over cameras): self-attention with its gradient
+  (T = S = 128) and cross-attention over 77 text tokens. Raises on any failure."""
   from jax.sharding import PartitionSpec as P
   mesh = jax.make_mesh((1,), ("probe",), devices=jax.devices()[:1])
   for d in head_dims:
