@@ -28,8 +28,10 @@ Per per-device batch B (each device renders B cameras, as in training) it report
 
 --flops_only counts FLOPs from the lowered (unoptimised) HLO with abstract weights instead: nothing is compiled,
 allocated or run, so SD-size FLOP counts come from any host. --compile_only also compiles (still abstract
-weights, nothing run) and adds XLA's static memory estimate and the optimised HLO's FLOPs for this host's backend. --xla_option KEY=VALUE passes compiler options to every
-compiled function (levers such as XLA GPU flags; the CI test uses it to compile faster).
+weights, nothing run) and adds XLA's static memory estimate and the optimised HLO's FLOPs for this host's backend.
+--xla_option KEY=VALUE passes compiler options to every compiled function (levers such as XLA GPU flags; the CI
+test uses it to compile faster). Speed and memory levers are config fields: --config.prior.attention,
+--config.render.ray_chunks, --config.prior.remat_encoder.
 """
 
 from __future__ import annotations
