@@ -57,6 +57,7 @@ import optax
 from dreamjax import distill
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
+from dreamjax.nerf import scene
 
 PyTree = Any
 
@@ -329,7 +330,7 @@ def build(config: ml_collections.ConfigDict, arch: str, dtype: str = "auto", see
   """(prior, text) for `arch`: a random-weight SD architecture with random text (abstract: parameters as
   ShapeDtypeStructs), or the config's prior with `train_step.text_embeddings`. dtype 'auto' is bfloat16 on GPU/TPU
   and float32 on CPU (or the config's prior.dtype for arch 'config')."""
-  from dreamjax.priors.load import load_prior, resolve_dtype
+  from dreamjax.priors.load import load_prior, resolve_dtype, sd_options
   if arch not in ARCHS:
     raise ValueError(f"--arch {arch!r} is unknown; use one of {', '.join(ARCHS)}")
   if arch == "config":
@@ -338,8 +339,7 @@ def build(config: ml_collections.ConfigDict, arch: str, dtype: str = "auto", see
     prior = load_prior(config)
     return prior, step_lib.text_embeddings(prior, config)
   prior = random_stable_diffusion(arch, resolve_dtype(dtype), seed, use_memory_efficient_attention, abstract,
-                                  attention=config.prior.get("attention", "auto"),
-                                  remat_encoder=bool(config.prior.get("remat_encoder", False)))
+                                  **sd_options(config))
   return prior, random_text(config, ARCHITECTURES[arch].text_dim, ARCHITECTURES[arch].text_len, seed)
 
 
@@ -523,7 +523,7 @@ def run_benchmark(config: ml_collections.ConfigDict, *, arch: str = "config", st
           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
           "build_s": build_s, "memory_efficient_attention": use_memory_efficient_attention,
           "attention": getattr(prior, "attention", None), "remat_encoder": getattr(prior, "remat_encoder", None),
-          "ray_chunks": int(config.render.get("ray_chunks", 1)),
+          "ray_chunks": scene.render_settings(config).ray_chunks,
           "command": "",
       },
       "results": [],

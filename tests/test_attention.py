@@ -8,7 +8,6 @@ run here; its shape rules and the fallback are.
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,32 +17,14 @@ import pytest
 from dreamjax import bench
 from dreamjax.priors import attention
 from dreamjax.priors.stable_diffusion import StableDiffusion
-
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "tiny_sd"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Tiny convnets: XLA's expensive CPU passes would dominate the run time."""
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+# The tiny fixture, its PyTorch references, the error measure and the compile-speed fixture are shared with the
+# prior's own tests.
+from tests.test_stable_diffusion import FIXTURE, _fast_compiles, max_err, ref  # noqa: F401 (fixture)
 
 
 @functools.lru_cache(maxsize=None)
 def model(mode: str, remat_encoder: bool = False) -> StableDiffusion:
   return StableDiffusion.from_pretrained(str(FIXTURE), attention=mode, remat_encoder=remat_encoder)
-
-
-@functools.lru_cache(maxsize=None)
-def ref() -> dict[str, np.ndarray]:
-  with np.load(FIXTURE / "reference.npz") as f:
-    return {k: f[k] for k in f.files}
-
-
-def max_err(a, b) -> float:
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def test_dot_product_attention_matches_float64():

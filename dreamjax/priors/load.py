@@ -19,14 +19,20 @@ def resolve_dtype(name: str):
     raise ValueError(f"prior.dtype {name!r} is not a dtype; use auto, float32, bfloat16 or float16") from None
 
 
+def sd_options(config: ml_collections.ConfigDict) -> dict:
+  """The `StableDiffusion` speed/memory options a config names (attention kernel, encoder remat); older configs
+  without the fields get the defaults."""
+  c = config.prior
+  return {"attention": c.get("attention", "auto"), "remat_encoder": bool(c.get("remat_encoder", False))}
+
+
 def load_prior(config: ml_collections.ConfigDict):
   """The frozen prior for `config.prior.kind`. Raises WeightsError (one line) when weights cannot be had."""
   c = config.prior
   if c.kind == "stable_diffusion":
     from dreamjax.priors.stable_diffusion import StableDiffusion
     return StableDiffusion.from_pretrained(c.model, dtype=resolve_dtype(c.dtype), revision=c.revision or None,
-                                           variant=c.variant or None, attention=c.get("attention", "auto"),
-                                           remat_encoder=bool(c.get("remat_encoder", False)))
+                                           variant=c.variant or None, **sd_options(config))
   if c.kind == "toy":
     from dreamjax.toy import prior as toy_prior
     return toy_prior.load(c.model or None, dtype=resolve_dtype(c.dtype))
