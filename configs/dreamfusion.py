@@ -15,6 +15,7 @@ import ml_collections
 
 from dreamjax import distill, optim
 
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.prompt = ""  # the text to turn into 3D; required (e.g. "a DSLR photo of a hamburger")
@@ -97,7 +98,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.disable_jit = False  # debugging: run the step eagerly (chex.fake_pmap_and_jit)
 
   # Score distillation rule (dreamjax/distill.py documents every field): SDS with omega = 100 (paper CFG form),
-  # w(t) = sigma_t^2, t ~ U(0.02, 0.98). `--config.distill.name=nfsd|sjc` switches rule and its defaults.
+  # w(t) = sigma_t^2, t ~ U(0.02, 0.98). `--config.distill.name=nfsd|sjc` on a command line switches to that rule
+  # with its own defaults (dreamjax.cli), so config.json records the numbers used.
   c.distill = distill.default_distill_config("sds")
 
   # Optimiser (dreamjax/optim.py documents every field): Shampoo, beta1 = beta2 = 0.9, block 128, exponent 2,

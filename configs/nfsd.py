@@ -5,16 +5,12 @@ gradient w(t)(delta_D + s delta_C), s = 7.5, delta_D from the negative prompt ab
 Expected runtime: about 1.5× configs/dreamfusion.py per step (one more UNet pass).
 """
 
-import pathlib
-import sys
+from configs import dreamfusion
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _base  # noqa: E402  (configs/_base.py)
-
-from dreamjax import distill  # noqa: E402
+from dreamjax import distill
 
 
 def get_config():
-  c = _base.load("dreamfusion").get_config()
+  c = dreamfusion.get_config()
   c.distill = distill.default_distill_config("nfsd")  # s = 7.5, diffusers CFG form, w(t) = 1 - abar
   return c

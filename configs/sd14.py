@@ -4,14 +4,10 @@
 Expected runtime: as configs/dreamfusion.py (see docs/performance.md).
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _base  # noqa: E402  (configs/_base.py)
+from configs import dreamfusion
 
 
 def get_config():
-  c = _base.load("dreamfusion").get_config()
+  c = dreamfusion.get_config()
   c.prior.model = "CompVis/stable-diffusion-v1-4"  # hub id; or a local folder in the diffusers layout
   return c

@@ -6,16 +6,12 @@ SJC's own voxel grid, emptiness and depth losses are not part of this preset.
 Expected runtime: as configs/dreamfusion.py.
 """
 
-import pathlib
-import sys
+from configs import dreamfusion
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _base  # noqa: E402  (configs/_base.py)
-
-from dreamjax import distill  # noqa: E402
+from dreamjax import distill
 
 
 def get_config():
-  c = _base.load("dreamfusion").get_config()
+  c = dreamfusion.get_config()
   c.distill = distill.default_distill_config("sjc")
   return c

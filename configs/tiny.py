@@ -7,16 +7,14 @@ Expected runtime: about a minute on a 2-core CPU (compilation included).
 """
 
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _base  # noqa: E402  (configs/_base.py)
+from configs import dreamfusion
 
 TINY_SD = str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny_sd")
 
 
 def get_config():
-  c = _base.load("dreamfusion").get_config()
+  c = dreamfusion.get_config()
   c.prompt = "a red cube"
   c.train.num_steps = 40
   c.train.log_every = 10

@@ -13,15 +13,11 @@ Differences from the paper config, all for the toy world and a CPU: a smaller Ne
 3k-step warmup, 600 steps, shading from step 100, guidance 30 instead of 100, random solid backgrounds half the time.
 """
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _base  # noqa: E402  (configs/_base.py)
+from configs import dreamfusion
 
 
 def get_config():
-  c = _base.load("dreamfusion").get_config()
+  c = dreamfusion.get_config()
   c.prompt = ""
   c.prior.kind = "toy"  # dreamjax/toy: pixel-space prior, 16×16, trained by `python -m dreamjax.toy.train_prior`
   c.prior.model = ""  # "" = the weights shipped in the package; or a folder with toy_prior.msgpack

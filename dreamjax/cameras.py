@@ -1,4 +1,5 @@
-"""Camera, light and view-label sampling (DreamFusion §3.2, A.2), and rays through pixel centres.
+"""Training views (DreamFusion §3.2, A.2): camera, light, shading mode, view label and background, sampled from
+frozen settings; orbit and turntable cameras; rays through pixel centres.
 
 Conventions used everywhere in dreamjax:
   * World space is z-up; the object sits at the origin inside a bounding sphere (radius 1.4 by default).
@@ -22,6 +23,11 @@ from flax import struct
 # View labels, in the order of the prompt suffixes ", front view", ", side view", ...
 FRONT, SIDE, BACK, OVERHEAD = 0, 1, 2, 3
 VIEW_NAMES = ("front", "side", "back", "overhead")
+
+
+def view_prompt(prompt: str, label: int) -> str:
+  """The view-dependent prompt of view label `label`: "a red cube" -> "a red cube, side view" (DF §3.2)."""
+  return f"{prompt}, {VIEW_NAMES[label]} view"
 
 
 @struct.dataclass
@@ -50,6 +56,72 @@ class CameraSampling:
   look_at_std: float = 0.2  # look-at point ~ N(0, std^2 I) (the paper's "N(0, 0.2 I)"; std as in threestudio)
   up_std: float = 0.02  # up vector = z + N(0, std^2 I)
   focal_range: tuple[float, float] = (0.7, 1.35)  # focal length = U(lo, hi) * image width
+
+
+@dataclasses.dataclass(frozen=True)
+class LightSampling:
+  """Point lights of the training views (DF A.2)."""
+  distance_range: tuple[float, float] = (0.8, 1.5)  # |light position| ~ U(lo, hi)
+  direction_std: float = 1.0  # direction ~ N(camera position, std^2 I), normalised
+
+
+@dataclasses.dataclass(frozen=True)
+class ShadingSampling:
+  """Shading-mode schedule (DF A.2): albedo only at first, then lit / textureless at random."""
+  albedo_only_steps: int = 1000
+  shading_prob: float = 0.75  # P(lit) after the albedo-only steps ...
+  textureless_prob: float = 0.5  # ... and P(textureless | lit): net albedo 0.25 / shaded 0.375 / textureless 0.375
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewLabelling:
+  """Azimuth / elevation thresholds (degrees) of the view labels that pick the view-dependent prompt."""
+  front_deg: float = 45.0  # |azimuth| < front_deg is FRONT
+  back_deg: float = 45.0  # |azimuth - 180| < back_deg is BACK
+  overhead_deg: float = 60.0  # elevation > overhead_deg is OVERHEAD
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSampling:
+  """Everything random about one training view; the defaults are the paper's."""
+  camera: CameraSampling = CameraSampling()
+  light: LightSampling = LightSampling()
+  shading: ShadingSampling = ShadingSampling()
+  labels: ViewLabelling = ViewLabelling()
+  random_background_prob: float = 0.0  # P(a random solid colour replaces the background MLP) per view
+
+  @classmethod
+  def from_config(cls, config) -> "ViewSampling":
+    """From a run config's `camera`, `light`, `shading` and `render.random_background_prob` sections."""
+    c, s = config.camera, config.shading
+    return cls(
+        camera=CameraSampling(
+            elevation_range=tuple(c.elevation_range), azimuth_range=tuple(c.azimuth_range),
+            distance_range=tuple(c.distance_range), uniform_angle_prob=c.uniform_angle_prob,
+            position_jitter=c.position_jitter, look_at_std=c.look_at_std, up_std=c.up_std,
+            focal_range=tuple(c.focal_range)),
+        light=LightSampling(distance_range=tuple(config.light.distance_range),
+                            direction_std=config.light.direction_std),
+        shading=ShadingSampling(albedo_only_steps=s.albedo_only_steps, shading_prob=s.shading_prob,
+                                textureless_prob=s.textureless_prob),
+        labels=ViewLabelling(front_deg=c.front_deg, back_deg=c.back_deg, overhead_deg=c.overhead_deg),
+        random_background_prob=config.render.random_background_prob)
+
+
+@struct.dataclass
+class View:
+  """A batch of N training views seen together.
+
+  cams: `Cameras` [N]; light [N, 3] point-light positions (world units); mode [N] int32 shading mode; label [N] int32
+  view label (FRONT | SIDE | BACK | OVERHEAD); solid_background [3] rgb in [0, 1] and use_solid_background (bool
+  scalar): when true, the background MLP is replaced by that colour for this batch.
+  """
+  cams: Cameras
+  light: jnp.ndarray
+  mode: jnp.ndarray
+  label: jnp.ndarray
+  solid_background: jnp.ndarray
+  use_solid_background: jnp.ndarray
 
 
 def _normalize(v: jnp.ndarray, eps: float = 1e-9) -> jnp.ndarray:
@@ -161,3 +233,36 @@ def sample_shading(rng: jnp.ndarray, n: int, step: jnp.ndarray, albedo_only_step
   textureless = jax.random.uniform(k_tex, (n,)) < textureless_prob
   mode = jnp.where(shade, jnp.where(textureless, TEXTURELESS, SHADED), ALBEDO)
   return jnp.where(step < albedo_only_steps, ALBEDO, mode).astype(jnp.int32)
+
+
+def sample_view(settings: ViewSampling, key: jnp.ndarray, step, width: int, n: int = 1) -> View:
+  """n random training views at `step` (shading schedule) for renders `width` pixels wide (focal length scale).
+
+  The background is the scene's own (use_solid_background False); `with_random_background` draws it.
+  """
+  k_cam, k_light, k_shade = jax.random.split(key, 3)
+  cams = sample_cameras(k_cam, n, width, settings.camera)
+  light = sample_lights(k_light, cams.origins, settings.light.distance_range, settings.light.direction_std)
+  s = settings.shading
+  mode = sample_shading(k_shade, n, step, s.albedo_only_steps, s.shading_prob, s.textureless_prob)
+  lb = settings.labels
+  label = view_labels(cams.elevation, cams.azimuth, lb.front_deg, lb.back_deg, lb.overhead_deg)
+  return View(cams=cams, light=light, mode=mode, label=label, solid_background=jnp.zeros(3),
+              use_solid_background=jnp.asarray(False))
+
+
+def with_random_background(view: View, key: jnp.ndarray, prob: float) -> View:
+  """`view` whose background is, with probability `prob`, one uniform random solid colour (else unchanged)."""
+  k_use, k_col = jax.random.split(key)
+  return view.replace(use_solid_background=jax.random.uniform(k_use) < prob,
+                      solid_background=jax.random.uniform(k_col, (3,)))
+
+
+def turntable_cameras(num_frames: int, elevation_deg: float = 30.0, distance: float = 1.25,
+                      focal: float = 64.0) -> Cameras:
+  """`num_frames` orbit cameras at one elevation, azimuth k * 360 / num_frames (k = 0..N-1), looking at the origin;
+  focal length in pixels (= focal scale x image width)."""
+  if num_frames < 1:
+    raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+  azimuth = np.arange(num_frames) * (360.0 / num_frames)
+  return orbit_cameras(np.full(num_frames, float(elevation_deg)), azimuth, distance, focal)

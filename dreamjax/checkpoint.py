@@ -8,7 +8,6 @@ continued (`resume=True`), never overwritten.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any, NamedTuple
 
@@ -16,6 +15,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dreamjax import files
 from dreamjax import train_state as ts_lib
 
 
@@ -29,11 +29,7 @@ def config_path(workdir) -> pathlib.Path:
 
 def save_config(workdir, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config as JSON (atomically)."""
-  path = config_path(workdir)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  files.write_text(config_path(workdir), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

@@ -15,6 +15,7 @@ eps_u). They agree when w = s - 1.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -29,7 +30,7 @@ PyTree = Any
 NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
                         "low-resolution, gloomy")
 
-# Per-rule defaults for the config fields that are left as None in `default_distill_config` (see there).
+# Each rule's own settings (the defaults of `default_distill_config(name)`; its source in the comment).
 RULE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # DreamFusion: omega = 100 in the paper's CFG form, w(t) = sigma_t^2 = 1 - abar, t ~ U(0.02, 0.98).
     'sds': dict(guidance_scale=100.0, cfg_form='paper', weighting='sds', t_min=0.02, t_max=0.98),
@@ -38,49 +39,92 @@ RULE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # SJC: s = 100 in diffusers form, no time weighting (PAAS grad is (D - y) / sigma), t in [10, 970].
     'sjc': dict(guidance_scale=100.0, cfg_form='diffusers', weighting='uniform', t_min=0.01, t_max=0.97),
 }
+RULES = tuple(RULE_DEFAULTS)
+CFG_FORMS = ('paper', 'diffusers')
+WEIGHTINGS = ('sds', 'uniform')
+
+
+def check_rule_name(name: str) -> str:
+  """`name` if it is a known rule, else a ValueError naming the choices."""
+  if name not in RULE_DEFAULTS:
+    raise ValueError(f'config.distill.name {name!r} is unknown; use one of {", ".join(RULES)}')
+  return name
 
 
 def default_distill_config(name: str = 'sds') -> ml_collections.ConfigDict:
-  """Config of the distillation rule used by `distill_step`.
+  """The config section of rule `name` with the rule's own values (see `RULE_DEFAULTS`) in every field.
 
-  Fields marked "None -> rule default" are typed placeholders: `resolve_distill_config` (called by `distill_step`)
-  replaces a None with `RULE_DEFAULTS[name][field]`. Defaults are therefore picked from the rule name at *use* time,
-  so `--config.distill.name=nfsd` on the command line also switches guidance_scale to 7.5, t range, etc., unless
-  those fields are set explicitly.
+  A command line that sets only `--config.distill.name=nfsd` gets `default_distill_config('nfsd')` plus its other
+  `--config.distill.*` overrides (`dreamjax.cli` does this), so the run's config.json records the numbers used.
   """
+  d = RULE_DEFAULTS[check_rule_name(name)]
   cfg = ml_collections.ConfigDict()
   cfg.name = name  # Rule: 'sds' (DreamFusion), 'nfsd' (noise-free score distillation) or 'sjc' (SJC PAAS, VE form).
-  # CFG scale. None -> rule default: 100 for sds (paper form, omega) and sjc (diffusers form, s), 7.5 for nfsd (s).
-  cfg.guidance_scale = ml_collections.FieldReference(None, field_type=float)
-  # 'paper': (1+w) eps_c - w eps_u; 'diffusers': eps_u + s (eps_c - eps_u). None -> 'paper' for sds, 'diffusers'
-  # for sjc. NFSD's delta_D + s delta_C is intrinsically of diffusers form; 'paper' there uses s + 1.
-  cfg.cfg_form = ml_collections.FieldReference(None, field_type=str)
-  # w(t): 'sds' = 1 - abar_t (DF's sigma_t^2), 'uniform' = 1. None -> 'sds' for sds/nfsd, 'uniform' for sjc.
-  cfg.weighting = ml_collections.FieldReference(None, field_type=str)
-  # t ~ randint[round(t_min T), round(t_max T)] inclusive. None -> 0.02 (sds, nfsd) or 0.01 (sjc).
-  cfg.t_min = ml_collections.FieldReference(None, field_type=float)
-  # Upper end of the t range. None -> 0.98 (sds, nfsd: t <= 980) or 0.97 (sjc: t <= 970, SJC code stops at 969).
-  cfg.t_max = ml_collections.FieldReference(None, field_type=float)
-  # None: no clamp; float c: clamp g elementwise to [-c, c] after nan_to_num (threestudio's grad_clip).
-  cfg.clip = ml_collections.FieldReference(None, field_type=float)
+  # CFG scale: omega in the 'paper' form, s in the 'diffusers' form (sds: 100 paper; nfsd: 7.5; sjc: 100 diffusers).
+  cfg.guidance_scale = d['guidance_scale']
+  # 'paper': (1+w) eps_c - w eps_u; 'diffusers': eps_u + s (eps_c - eps_u). NFSD's delta_D + s delta_C is of
+  # diffusers form; 'paper' there uses s + 1.
+  cfg.cfg_form = d['cfg_form']
+  # w(t): 'sds' = 1 - abar_t (DF's sigma_t^2), 'uniform' = 1.
+  cfg.weighting = d['weighting']
+  # t ~ randint[round(t_min T), round(t_max T)] inclusive: sds/nfsd 0.02..0.98 (t in 20..980), sjc 0.01..0.97.
+  cfg.t_min = d['t_min']
+  cfg.t_max = d['t_max']
+  # 0: no clamp; c > 0: clamp g elementwise to [-c, c] after nan_to_num (threestudio's grad_clip).
+  cfg.clip = 0.0
   # NFSD: delta_D = eps_u for t < threshold, eps_u - eps_neg for t >= threshold (NFSD uses 200 of 1000 steps).
   cfg.nfsd_t_threshold = 200
   # SJC: True = Eq. 16 (loss grad eps_hat - eps, variance-reduced); False = Eq. 15 (loss grad eps_hat).
   cfg.sjc_var_red = True
-  # NFSD negative prompt; its embedding is passed to `distill_step` as emb_neg (only nfsd uses it).
+  # NFSD negative prompt; its embedding is the `neg` text embedding (only nfsd uses it).
   cfg.negative_prompt = NFSD_NEGATIVE_PROMPT
   return cfg
 
 
-def resolve_distill_config(cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """Returns the config as a plain dict with every None placeholder replaced by the rule's default."""
-  if cfg.name not in RULE_DEFAULTS:
-    raise ValueError(f'Unknown distillation rule {cfg.name!r}; expected one of {sorted(RULE_DEFAULTS)}.')
-  out = dict(cfg.to_dict())
-  for key, value in RULE_DEFAULTS[cfg.name].items():
-    if out.get(key) is None:
-      out[key] = value
-  return out
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A distillation rule with concrete numbers (the fields of `default_distill_config`). Frozen, hashable."""
+  name: str = 'sds'
+  guidance_scale: float = 100.0
+  cfg_form: str = 'paper'
+  weighting: str = 'sds'
+  t_min: float = 0.02
+  t_max: float = 0.98
+  clip: Optional[float] = None  # None: no clamp
+  nfsd_t_threshold: int = 200
+  sjc_var_red: bool = True
+  negative_prompt: str = NFSD_NEGATIVE_PROMPT
+
+  def __post_init__(self):
+    check_rule_name(self.name)
+    if self.cfg_form not in CFG_FORMS:
+      raise ValueError(f'config.distill.cfg_form {self.cfg_form!r} is unknown; use paper or diffusers')
+    if self.weighting not in WEIGHTINGS:
+      raise ValueError(f'config.distill.weighting {self.weighting!r} is unknown; use sds or uniform')
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> 'Rule':
+    """From a `default_distill_config` section (clip 0 or None: no clamp)."""
+    return cls(name=cfg.name, guidance_scale=float(cfg.guidance_scale), cfg_form=cfg.cfg_form,
+               weighting=cfg.weighting, t_min=float(cfg.t_min), t_max=float(cfg.t_max),
+               clip=float(cfg.clip) if cfg.clip else None, nfsd_t_threshold=int(cfg.nfsd_t_threshold),
+               sjc_var_red=bool(cfg.sjc_var_red), negative_prompt=cfg.negative_prompt)
+
+  @classmethod
+  def default(cls, name: str = 'sds', **overrides) -> 'Rule':
+    """Rule `name` with its own defaults, then `overrides` (field=value)."""
+    cfg = default_distill_config(name)
+    return dataclasses.replace(cls.from_config(cfg), **overrides)
+
+  @property
+  def needs_negative(self) -> bool:
+    """Whether the rule needs the embedding of `negative_prompt` (NFSD's delta_D)."""
+    return self.name == 'nfsd'
+
+  @property
+  def cfg_batch(self) -> int:
+    """UNet evaluations per sample: cond + uncond (+ negative)."""
+    return 3 if self.needs_negative else 2
 
 
 def sample_timesteps(rng: jax.Array, batch: int, num_train_timesteps: int, t_min: float = 0.02,
@@ -188,18 +232,17 @@ def sjc_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t:
   return _finish(-w * ascent, clip)
 
 
-def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_params: PyTree, z: jax.Array,
-                 rng: jax.Array, emb_cond: jax.Array, emb_uncond: jax.Array,
-                 emb_neg: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, rng: jax.Array, emb_cond: jax.Array,
+                 emb_uncond: jax.Array, emb_neg: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The prior side of one distillation step: noise z, one UNet call, apply the rule. Returns (g, aux).
 
   Args:
-    rule_config: see `default_distill_config` (Python-level; resolved at trace time).
+    rule: the distillation rule (`Rule`).
     prior: a `Prior`; only `predict_eps` and `alphas_cumprod` are used.
     prior_params: the prior's frozen weights.
     z: clean latents [B, h, w, c] from `prior.to_latents` (may be a function of trainable params upstream).
     rng: PRNG key; split into the timestep key and the noise key.
-    emb_cond, emb_uncond, emb_neg: text embeddings [B, L, D]; emb_neg is required by 'nfsd' only.
+    emb_cond, emb_uncond, emb_neg: text embeddings [B, L, D]; emb_neg is required when `rule.needs_negative`.
   Returns:
     g: the per-sample loss gradient [B, h, w, c] (constant w.r.t. z and prior_params: use `surrogate_loss`).
     aux: 't' [B] int32, 'abar_t' [B], 'noise' (the eps drawn) [B, h, w, c], 'g_abs_mean' scalar (mean |g|),
@@ -207,12 +250,10 @@ def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_par
   The UNet sees `stop_gradient(z_t)` and `stop_gradient(prior_params)`, so differentiating anything built from g
   never differentiates the UNet: its backward pass is never formed.
   """
-  cfg = resolve_distill_config(rule_config)
-  name = cfg['name']
   batch = z.shape[0]
   abar_all = jnp.asarray(prior.alphas_cumprod, dtype=jnp.float32)
   k_t, k_eps = jax.random.split(rng)
-  t = sample_timesteps(k_t, batch, abar_all.shape[0], cfg['t_min'], cfg['t_max'])
+  t = sample_timesteps(k_t, batch, abar_all.shape[0], rule.t_min, rule.t_max)
   abar_t = abar_all[t]
   compute_dtype = jnp.promote_types(z.dtype, jnp.float32)
   noise = jax.random.normal(k_eps, z.shape, compute_dtype)
@@ -221,9 +262,9 @@ def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_par
   z_t = jax.lax.stop_gradient(z_t)
 
   embs = [emb_cond, emb_uncond]
-  if name == 'nfsd':
+  if rule.needs_negative:
     if emb_neg is None:
-      raise ValueError('NFSD needs emb_neg (the embedding of rule_config.negative_prompt).')
+      raise ValueError(f'rule {rule.name!r} needs emb_neg (the embedding of rule.negative_prompt).')
     embs.append(emb_neg)
   n = len(embs)
   eps_all = prior.predict_eps(jax.lax.stop_gradient(prior_params), jnp.concatenate([z_t] * n, axis=0),
@@ -231,15 +272,13 @@ def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_par
   eps_all = jax.lax.stop_gradient(eps_all).astype(compute_dtype)
   eps_parts = jnp.split(eps_all, n, axis=0)
 
-  scale = cfg['guidance_scale']
-  common = dict(scale=scale, form=cfg['cfg_form'], weighting=cfg['weighting'], clip=cfg['clip'])
-  if name == 'sds':
+  common = dict(scale=rule.guidance_scale, form=rule.cfg_form, weighting=rule.weighting, clip=rule.clip)
+  if rule.name == 'sds':
     g = sds_grad(eps_parts[0], eps_parts[1], noise, abar_t, **common)
-  elif name == 'nfsd':
-    g = nfsd_grad(eps_parts[0], eps_parts[1], eps_parts[2], t, abar_t, t_threshold=cfg['nfsd_t_threshold'],
-                  **common)
-  else:  # 'sjc' (resolve_distill_config rejected anything else)
-    g = sjc_grad(eps_parts[0], eps_parts[1], noise, abar_t, var_red=cfg['sjc_var_red'], **common)
+  elif rule.name == 'nfsd':
+    g = nfsd_grad(eps_parts[0], eps_parts[1], eps_parts[2], t, abar_t, t_threshold=rule.nfsd_t_threshold, **common)
+  else:  # 'sjc' (Rule rejects anything else)
+    g = sjc_grad(eps_parts[0], eps_parts[1], noise, abar_t, var_red=rule.sjc_var_red, **common)
   g = g.astype(z.dtype)
 
   aux = {
@@ -250,7 +289,7 @@ def distill_step(rule_config: ml_collections.ConfigDict, prior: Prior, prior_par
       'g_norm': jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=-1)),
       'nonfinite_eps': jnp.sum(~jnp.isfinite(eps_all)),
   }
-  if name == 'sjc':
+  if rule.name == 'sjc':
     aux['sigma'] = sjc_sigma(abar_t)
   return g, aux
 

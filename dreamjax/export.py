@@ -7,71 +7,74 @@ elevation) and `mesh.obj/.ply/.glb` with vertex colours.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import sys
 
-import jax
-import ml_collections
 import numpy as np
 
 from dreamjax import cameras as cam_lib
+from dreamjax import checkpoint as ckpt_lib
+from dreamjax import cli
 from dreamjax import mesh as mesh_lib
 from dreamjax import video
-from dreamjax.nerf import mlp, scene
-from dreamjax.render_preview import normal_image, preview_lights
+from dreamjax import visualize
+from dreamjax.nerf.scene import Scene
 
 log = logging.getLogger(__name__)
 
 
-def turntable_frames(params, config: ml_collections.ConfigDict, *, step, num_frames=None, size=None) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+  """What an export writes (the config's `export` section)."""
+  orbit: visualize.Orbit = visualize.Orbit()
+  video_frames: int = 120
+  video_fps: float = 30.0
+  video_size: int = 256
+  mesh_resolution: int = 128
+  mesh_threshold: float = 0.0  # density level of the surface; 0 = automatic (`mesh.default_threshold`)
+  mesh_formats: tuple = ("obj", "ply", "glb")
+
+  @classmethod
+  def from_config(cls, config) -> "ExportSettings":
+    e = config.export
+    return cls(orbit=visualize.Orbit.from_config(config), video_frames=int(e.video_frames),
+               video_fps=float(e.video_fps), video_size=int(e.video_size), mesh_resolution=int(e.mesh_resolution),
+               mesh_threshold=float(e.mesh_threshold), mesh_formats=tuple(e.mesh_formats))
+
+
+def turntable_frames(scene: Scene, params, settings: ExportSettings, *, step) -> np.ndarray:
   """Frames [N, H, 3W, 3] in [0, 1]: shaded colour, textureless and normals side by side, orbiting at the export
   elevation and distance."""
-  e = config.export
-  n = num_frames or e.video_frames
-  size = size or e.video_size
-  cams = cam_lib.orbit_cameras(np.full(n, e.video_elevation), np.arange(n) * 360.0 / n, e.video_distance,
-                               e.video_focal * size)
-  out = scene.render_scene_chunked(params, config, cams, step=step, light_pos=preview_lights(cams), height=size,
-                                   width=size)
-  normal_img = normal_image(out)
+  size = settings.video_size
+  cams = settings.orbit.cameras(settings.video_frames, size)
+  out = scene.render_chunked(params, cams, step=step, light_pos=visualize.preview_lights(cams), height=size,
+                             width=size)
   frames = np.concatenate([out["rgb_modes"][..., cam_lib.SHADED, :], out["rgb_modes"][..., cam_lib.TEXTURELESS, :],
-                           normal_img], axis=2)
+                           visualize.normal_image(out)], axis=2)
   return np.clip(frames, 0.0, 1.0)
 
 
-def scene_density_fn(params, config: ml_collections.ConfigDict, *, step):
-  """points [N, 3] -> (density [N], albedo [N, 3]) at the IPE variance of `step` (jitted)."""
-  field_fn, _ = scene.fields(params, config)
-  var = scene.ipe_variance(config, step)
-
-  @jax.jit
-  def fn(points):
-    pre, albedo = field_fn(points, var)
-    return mlp.trunc_exp(pre), albedo
-  return fn
+def export_mesh(scene: Scene, params, settings: ExportSettings, *, step) -> mesh_lib.Mesh:
+  return mesh_lib.extract_mesh(scene.density_fn(params, step=step), resolution=settings.mesh_resolution,
+                               radius=scene.render.radius, threshold=settings.mesh_threshold or None)
 
 
-def export_mesh(params, config: ml_collections.ConfigDict, *, step) -> mesh_lib.Mesh:
-  e = config.export
-  return mesh_lib.extract_mesh(scene_density_fn(params, config, step=step), resolution=e.mesh_resolution,
-                               radius=config.render.radius, threshold=e.mesh_threshold or None)
-
-
-def export_all(params, config: ml_collections.ConfigDict, *, step, out_dir) -> list[pathlib.Path]:
+def export_all(scene: Scene, params, settings: ExportSettings, *, step, out_dir) -> list[pathlib.Path]:
   """Writes the turntable video and the meshes into out_dir. Returns the paths written. An empty scene (no surface)
   is reported and skips the mesh; the video is still written."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  written = [video.write_video(turntable_frames(params, config, step=step), out_dir / "turntable.mp4",
-                               fps=config.export.video_fps)]
+  written = [video.write_video(turntable_frames(scene, params, settings, step=step), out_dir / "turntable.mp4",
+                               fps=settings.video_fps)]
   try:
-    m = export_mesh(params, config, step=step)
+    m = export_mesh(scene, params, settings, step=step)
   except ValueError as e:
     log.warning("mesh export skipped: %s", e)
     print(f"mesh export skipped: {e}", file=sys.stderr)
     return written
-  for fmt in config.export.mesh_formats:
+  for fmt in settings.mesh_formats:
     written.append(mesh_lib.save_mesh(m, out_dir / f"mesh.{fmt}"))
   return written
 
@@ -80,29 +83,22 @@ def main(argv) -> None:
   from absl import flags
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
-  from dreamjax import checkpoint as ckpt_lib
   f = flags.FLAGS
-  try:
-    run = ckpt_lib.restore_latest_params(f.workdir)
-  except ckpt_lib.CheckpointError as e:
-    sys.exit(f"export: {e}")
-  config = run.config
-  if f.frames:
-    config.export.video_frames = f.frames
-  if f.size:
-    config.export.video_size = f.size
-  if f.mesh_resolution:
-    config.export.mesh_resolution = f.mesh_resolution
+  run = ckpt_lib.restore_latest_params(f.workdir)
+  settings = ExportSettings.from_config(run.config)
+  settings = dataclasses.replace(settings, video_frames=f.frames or settings.video_frames,
+                                 video_size=f.size or settings.video_size,
+                                 mesh_resolution=f.mesh_resolution or settings.mesh_resolution)
   out = f.out or str(pathlib.Path(f.workdir) / "export")
-  for p in export_all(run.params, config, step=run.step, out_dir=out):
+  for p in export_all(Scene.from_config(run.config), run.params, settings, step=run.step, out_dir=out):
     print(f"wrote {p}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_string("workdir", None, "Run directory (its latest checkpoint is exported).", required=True)
   flags.DEFINE_string("out", "", "Output folder (default: <workdir>/export).")
   flags.DEFINE_integer("frames", 0, "Turntable frames (default: the run's config).")
   flags.DEFINE_integer("size", 0, "Turntable resolution (default: the run's config).")
   flags.DEFINE_integer("mesh_resolution", 0, "Marching-cubes grid (default: the run's config).")
-  app.run(main)
+  cli.run(main, "export", errors=(ckpt_lib.CheckpointError,))

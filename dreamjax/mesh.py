@@ -13,7 +13,7 @@ DreamFusion exports its NeRFs "to meshes using the marching cubes algorithm". He
   resolution 128 and 63.1 at resolution 256 (radius 1.4); it grows with resolution, so pass a fixed `threshold`
   (stable-dreamfusion uses 10, threestudio 25) when comparing meshes across resolutions.
 
-Writers (all atomic: a temp file in the target directory, then os.replace):
+Writers (all atomic, through dreamjax.files: a temp file in the target directory, then os.replace):
   write_obj  text, `v x y z r g b` vertex colours (float, [0, 1]), 1-based faces.
   write_ply  binary little-endian; float x/y/z, uchar red/green/blue (round(255 * c)), int face indices.
   write_glb  glTF 2.0 binary; POSITION / COLOR_0 float32 VEC3 and uint32 indices, all with min/max. COLOR_0 is
@@ -24,7 +24,6 @@ Writers (all atomic: a temp file in the target directory, then os.replace):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -32,10 +31,11 @@ import math
 import os
 import pathlib
 import struct
-import tempfile
-from typing import Any, Callable, Iterator, Tuple, Union
+from typing import Any, Callable, Tuple, Union
 
 import numpy as np
+
+from dreamjax.files import atomic_write
 
 PathLike = Union[str, os.PathLike]
 FieldFn = Callable[[np.ndarray], Tuple[Any, Any]]
@@ -212,34 +212,6 @@ def extract_mesh(field_fn: FieldFn,
 
 
 # ------------------------------------------------------------------------------------------------ writers
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[pathlib.Path]:
-  """Yields a temp path beside `path` (same suffix); on success it replaces `path`, on error it is removed."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.tmp' + path.suffix, dir=path.parent)
-  os.close(fd)
-  try:
-    yield pathlib.Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[Any]:
-  """Yields a file object for a temp file beside `path` (see `atomic_path`); flushed to disk before the rename."""
-  with atomic_path(path) as tmp, open(tmp, mode) as f:
-    yield f
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def write_obj(mesh: Mesh, path: PathLike) -> pathlib.Path:

@@ -465,6 +465,16 @@ def shampoo(learning_rate: ScalarOrSchedule,
 # Config-driven construction.
 
 
+OPTIMIZERS = ("shampoo", "adam", "kron")
+
+
+def check_optimizer_name(name: str) -> str:
+  """`name` if it names an optimiser `make_optimizer` builds, else a ValueError naming the choices."""
+  if name not in OPTIMIZERS:
+    raise ValueError(f"config.optim.name {name!r}: Unknown optimizer; use one of {', '.join(OPTIMIZERS)}")
+  return name
+
+
 def default_optimizer_config() -> ml_collections.ConfigDict:
   """The paper's optimiser (DF A.2): Distributed Shampoo with a 3000-step warmup and cosine decay."""
   c = ml_collections.ConfigDict()
@@ -497,8 +507,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   """
   schedule = warmup_cosine_schedule(config.lr_init, config.lr_peak, config.warmup_steps, config.total_steps,
                                     config.lr_end)
-  name = config.name.lower()
-  weight_decay = config.get("weight_decay", 0.0)
+  name = check_optimizer_name(config.name)
+  weight_decay = config.weight_decay
   if name == "shampoo":
     opt = shampoo(schedule,
                   block_size=config.block_size,
@@ -509,20 +519,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   graft_type=config.graft_type,
                   start_preconditioning_step=config.start_preconditioning_step,
                   preconditioning_compute_steps=config.preconditioning_compute_steps,
-                  nesterov=config.get("nesterov", True),
+                  nesterov=config.nesterov,
                   weight_decay=weight_decay,
-                  graft_per_block=config.get("graft_per_block", True))
+                  graft_per_block=config.graft_per_block)
   elif name == "adam":
     opt = optax.adam(schedule, b1=config.beta1, b2=config.beta2, eps=config.eps)
-  elif name == "kron":
+  else:  # "kron" (check_optimizer_name rejected anything else)
     try:
       import psgdax  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise ValueError("optimizer 'kron' is unavailable: the psgdax package (PSGD-Kron) is not installed "
                        "(pip install psgdax==0.1.1).") from e
     opt = psgdax.kron(learning_rate=schedule, b1=config.beta1, weight_decay=weight_decay)
-  else:
-    raise ValueError(f"Unknown optimizer name {config.name!r}; expected 'shampoo', 'adam' or 'kron'.")
   if config.grad_clip_norm and config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt

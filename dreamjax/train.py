@@ -21,8 +21,13 @@ import ml_collections
 import numpy as np
 
 from dreamjax import checkpoint as ckpt_lib
+from dreamjax import cli
+from dreamjax import distill
+from dreamjax import optim
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
+from dreamjax import visualize
+from dreamjax.nerf.scene import Scene
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +59,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ("shading_prob", "textureless_prob"):
     need(0 <= config.shading[name] <= 1, f"config.shading.{name} must be in [0, 1]")
   need(0 <= config.render.random_background_prob <= 1, "config.render.random_background_prob must be in [0, 1]")
-  need(config.distill.name in ("sds", "nfsd", "sjc"), f"config.distill.name {config.distill.name!r} is unknown; "
-       "use sds, nfsd or sjc")
-  need(config.optim.name in ("shampoo", "adam", "kron"), f"config.optim.name {config.optim.name!r} is unknown; use "
-       "shampoo, adam or kron")
+  distill.Rule.from_config(config.distill)  # names and forms of the rule
+  optim.check_optimizer_name(config.optim.name)
   need(config.optim.lr_peak > 0, "config.optim.lr_peak must be > 0")
   need(config.optim.warmup_steps <= config.optim.total_steps, f"config.optim.warmup_steps "
        f"({config.optim.warmup_steps}) must be <= the schedule length ({config.optim.total_steps} steps)")
@@ -126,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   that many steps as if the run had been interrupted (a checkpoint is written; tests of --resume).
   """
   from dreamjax import export as export_lib
-  from dreamjax import render_preview, video
+  from dreamjax import video
   from dreamjax.priors.load import load_prior
 
   validate_config(config)
@@ -165,6 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   text = step_lib.replicate(text, mesh)
   state = step_lib.replicate(state, mesh)
   train_step = step_lib.make_train_step(config, prior, tx, mesh)
+  scene = Scene.from_config(config)
+  orbit = visualize.Orbit.from_config(config)
 
   writer = MetricWriter(workdir) if is_main else None
   start = int(jax.device_get(state.step))
@@ -194,8 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
       if bar:
         bar.set_postfix(loss=f"{m['loss']:.3g}", opacity=f"{m['opacity']:.2f}", nonfinite=int(m["nonfinite_grads"]))
     if is_main and config.train.preview_every and (done % config.train.preview_every == 0 or done == total):
-      grid = render_preview.preview_grid(jax.device_get(state.params), config, step=done,
-                                         size=config.train.preview_size)
+      grid = visualize.preview_grid(scene, jax.device_get(state.params), orbit, step=done,
+                                    size=config.train.preview_size)
       video.save_png(grid, workdir / "previews" / f"step_{done:06d}.png")
       writer.image(done, "preview", grid)
     ckpt.save(done, state, force=(done == end))
@@ -205,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   ckpt.close()
   if is_main and export and start < end == total:
     params = jax.device_get(state.params)
-    for p in export_lib.export_all(params, config, step=total, out_dir=workdir / "export"):
+    settings = export_lib.ExportSettings.from_config(config)
+    for p in export_lib.export_all(scene, params, settings, step=total, out_dir=workdir / "export"):
       print(f"wrote {p}", flush=True)
   if writer:
     writer.close()
@@ -214,31 +220,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
 
 def main(argv) -> None:
   from absl import flags
-  from dreamjax.priors.weights import WeightsError
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   f = flags.FLAGS
   if len(argv) > 1:
-    sys.exit(f"train: unexpected arguments {argv[1:]}")
+    raise ValueError(f"unexpected arguments {argv[1:]}")
   if f.multihost:
     jax.distributed.initialize()
-  try:
-    train_and_evaluate(f.config, f.workdir, resume=f.resume)
-  except (ConfigError, ckpt_lib.CheckpointError, WeightsError, ValueError) as e:
-    print(f"train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except KeyboardInterrupt:
-    print("train: interrupted; the latest checkpoint is kept (continue with --resume)", file=sys.stderr)
-    sys.exit(130)
+  train_and_evaluate(cli.resolved_config(), f.workdir, resume=f.resume)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", "configs/dreamfusion.py", "Config file; any field can be overridden, "
-                                  "e.g. --config.prompt=\"...\" --config.train.num_steps=5000.")
+  from absl import flags
+  cli.define_config_flag("configs/dreamfusion.py")
   flags.DEFINE_string("workdir", None, "Run directory (config, metrics, previews, checkpoints, exports).",
                       required=True)
   flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
   flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process TPU/GPU launches).")
-  app.run(main)
+  cli.run(main, "train", errors=(ConfigError, ckpt_lib.CheckpointError))

@@ -33,6 +33,6 @@ def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation |
   """A fresh state from `config.seed`."""
   tx = tx or make_optimizer(config)
   k_params, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = scene.init_params(k_params, config)
+  params = scene.Scene.from_config(config).init(k_params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=k_run)

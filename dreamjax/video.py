@@ -1,16 +1,11 @@
-"""Turntable cameras, video / GIF / PNG writers and image grids for previews.
+"""Video / GIF / PNG writers and image grids (turntable cameras: `cameras.turntable_cameras`).
 
-Camera convention (same as dreamjax/cameras.py): world is z-up; elevation is measured from the xy-plane, azimuth from
-+x toward +y (degrees); a camera-to-world rotation c2w [3, 3] has columns (right, up, back), so the camera looks
-along -z of its own frame (OpenGL). Focal length in pixels = focal_scale * image width (DreamFusion's lambda_focal).
-
-Writers are atomic (temp file beside the target, then os.replace; see dreamjax.mesh.atomic_path). Frames are
+Writers are atomic (temp file beside the target, then os.replace; see dreamjax.files). Frames are
 [N, H, W, 3], either float in [0, 1] (clipped, round(255 x)) or uint8.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
@@ -18,7 +13,7 @@ from typing import Union
 
 import numpy as np
 
-from dreamjax.mesh import atomic_path
+from dreamjax.files import atomic_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -138,42 +133,3 @@ def image_grid(images, rows: int, cols: int, pad: int = 2, pad_value: float = 1.
     top, left = pad + i * (h + pad), pad + j * (w + pad)
     out[top:top + h, left:left + w] = images[k]
   return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Turntable:
-  """An orbit of N cameras around the origin.
-
-  origins [N, 3] world units; c2w [N, 3, 3] columns (right, up, back); elevation, azimuth [N] degrees;
-  distance [N] world units; focal_scale [N] (focal length in pixels = focal_scale * image width). float32.
-  """
-  origins: np.ndarray
-  c2w: np.ndarray
-  elevation: np.ndarray
-  azimuth: np.ndarray
-  distance: np.ndarray
-  focal_scale: np.ndarray
-
-
-def turntable_cameras(num_frames: int,
-                      elevation_deg: float = 30.0,
-                      distance: float = 1.25,
-                      focal_scale: float = 1.0) -> Turntable:
-  """Cameras on a circle at fixed elevation, azimuth k * 360 / num_frames (k = 0..N-1), looking at the origin.
-
-  Defaults: 30 degrees elevation (DreamFusion's evaluation views), distance 1.25 (middle of the training range
-  [1, 1.5]) and focal_scale 1.0 (inside the training range [0.7, 1.35]; vertical FOV 2 atan(1/2) = 53.1 degrees).
-  Valid for elevations in [-90, 90]; the right axis is always horizontal, (-sin az, cos az, 0).
-  """
-  if num_frames < 1:
-    raise ValueError(f'num_frames must be >= 1, got {num_frames}')
-  azimuth = np.arange(num_frames, dtype=np.float64) * (360.0 / num_frames)
-  elevation = np.full((num_frames,), float(elevation_deg))
-  a, e = np.deg2rad(azimuth), np.deg2rad(elevation)
-  back = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], axis=-1)
-  right = np.stack([-np.sin(a), np.cos(a), np.zeros_like(a)], axis=-1)
-  up = np.cross(back, right)
-  c2w = np.stack([right, up, back], axis=-1)
-  f32 = lambda x: np.asarray(x, np.float32)
-  return Turntable(origins=f32(distance * back), c2w=f32(c2w), elevation=f32(elevation), azimuth=f32(azimuth),
-                   distance=f32(np.full((num_frames,), distance)), focal_scale=f32(np.full((num_frames,), focal_scale)))

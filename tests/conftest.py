@@ -1,10 +1,6 @@
-"""Test-wide setup: four fake CPU devices (so the data-parallel step is exercised) and small shared configs."""
+"""Test-wide setup: four fake CPU devices (so the data-parallel step is exercised). The repository root is on the
+path (pyproject's pytest `pythonpath`), so tests import configs as `from configs import tiny`."""
 
 import os
-import pathlib
-import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "configs"))

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamjax import bench
 from dreamjax.priors import attention
 from dreamjax.priors.stable_diffusion import StableDiffusion
 # The tiny fixture, its PyTorch references, the error measure and the compile-speed fixture are shared with the
@@ -125,8 +124,8 @@ def test_auto_mode_and_bad_names():
   # Head dims by hand: tiny fixture 32 channels / 4 heads; SD 1.5 8 heads over 320/640/1280 channels; SD 2.1 heads
   # (5, 10, 20, 20) over (320, 640, 1280, 1280) channels.
   assert attention.unet_head_dims(sd.unet) == (8,)
-  assert attention.unet_head_dims(bench.sd_modules("sd15")[0]) == (40, 80, 160)
-  assert attention.unet_head_dims(bench.sd_modules("sd21")[0]) == (64,)
+  assert attention.unet_head_dims(StableDiffusion.from_architecture("sd15", abstract=True).unet) == (40, 80, 160)
+  assert attention.unet_head_dims(StableDiffusion.from_architecture("sd21", abstract=True).unet) == (64,)
   with pytest.raises(ValueError, match="prior.attention 'flash' is unknown"):
     attention.resolve("flash", jnp.bfloat16)
   with pytest.raises(ValueError, match="must be resolved"):

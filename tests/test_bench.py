@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from dreamjax import bench
+from dreamjax import bench_report
+from dreamjax.priors import sd_architectures
+from dreamjax.priors.stable_diffusion import StableDiffusion
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,7 +62,7 @@ def test_tiny_config_reports_every_field(tmp_path, capsys):
   assert _positive_finite(r["phases"]["step"]["xla_bytes"])
   assert r["loss_finite"]
   assert report["results"][0]["it_per_s"] == pytest.approx(r["it_per_s"])
-  for label in bench.PHASE_LABELS.values():
+  for label in bench_report.PHASE_LABELS.values():
     assert label in table, label
   assert f"{r['it_per_s']:.3f}" in table
 
@@ -89,10 +92,10 @@ def test_sd_architectures_match_published_sizes(arch, unet, vae, text_dim):
   """Random-weight SD architectures, abstractly (nothing allocated): parameter counts equal the published counts of
   the real checkpoints, a 64² render maps to 64×64×4 latents through a 512² VAE, and the UNet maps a CFG batch of 2
   with [2, 77, D] text to eps of the latents' shape."""
-  prior = bench.random_stable_diffusion(arch, jnp.bfloat16, abstract=True)
-  assert bench.param_count(prior.params["unet"]) == unet
-  assert bench.param_count(prior.params["vae"]) == vae
-  assert bench.ARCHITECTURES[arch].text_dim == text_dim
+  prior = StableDiffusion.from_architecture(arch, jnp.bfloat16, abstract=True)
+  assert sd_architectures.param_count(prior.params["unet"]) == unet
+  assert sd_architectures.param_count(prior.params["vae"]) == vae
+  assert sd_architectures.ARCHITECTURES[arch].text_dim == text_dim
   assert prior.image_size == 512
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(prior.params))
   z = jax.eval_shape(prior.to_latents, prior.params, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
@@ -111,7 +114,7 @@ def test_random_weights_have_lecun_scale():
             "norm": {"scale": jax.ShapeDtypeStruct((128,), jnp.float32),
                      "bias": jax.ShapeDtypeStruct((128,), jnp.float32)},
             "pos": jax.ShapeDtypeStruct((256, 256), jnp.float32)}
-  p = bench.random_like(shapes, jax.random.PRNGKey(0), jnp.bfloat16)
+  p = sd_architectures.random_like(shapes, jax.random.PRNGKey(0), jnp.bfloat16)
   assert jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), p) == jax.tree_util.tree_map(
       lambda s: (s.shape, jnp.dtype(jnp.bfloat16)), shapes)
   k = np.asarray(p["conv"]["kernel"], np.float64)

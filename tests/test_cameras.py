@@ -1,6 +1,7 @@
 """Tests of dreamjax.cameras: look-at frames and spherical coordinates against closed forms, the random camera, light
 and shading draws against their stated distributions (DF A.2) over 20k samples with float64 NumPy Monte Carlo
-references, view labels at hand-picked angles, and rays through pixel centres against the pinhole closed form.
+references, view labels at hand-picked angles, rays through pixel centres against the pinhole closed form, and
+turntable cameras against closed forms (spherical coordinates, look-at geometry).
 
 Run: .venv/bin/python -m pytest -q tests/test_cameras.py
 """
@@ -12,6 +13,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dreamjax import cameras as cam_lib
 
@@ -320,6 +322,42 @@ class CameraRaysTest(chex.TestCase):
     want = np.arctan(np.sqrt(2.0) * 4.0 / f)
     got = np.arccos(np.clip(np.sum(dirs[:, 0, 0] * fwd, -1), -1.0, 1.0))
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize('elevation', [30.0, -10.0, 90.0])
+def test_turntable_cameras_closed_form(elevation):
+  """Origins are distance * (cos e cos a, cos e sin a, sin e) with a = 360 k / N; each c2w is a rotation (orthonormal,
+  det +1) whose -z column points from the origin of the camera to the world origin, whose right column is horizontal
+  and whose up column has non-negative world z (the image is upright)."""
+  n, dist = 12, 1.3
+  cams = cam_lib.turntable_cameras(n, elevation_deg=elevation, distance=dist, focal=0.9 * 64)
+  chex.assert_shape([cams.origins, cams.c2w, cams.azimuth], [(n, 3), (n, 3, 3), (n,)])
+  az = np.arange(n) * 30.0
+  np.testing.assert_allclose(cams.azimuth, az, atol=1e-5)
+  np.testing.assert_allclose(cams.elevation, elevation)
+  np.testing.assert_allclose(cams.focal, 0.9 * 64)
+  a, e = np.radians(az), np.radians(elevation)
+  expected = dist * np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.full(n, np.sin(e))], -1)
+  np.testing.assert_allclose(cams.origins, expected, atol=1e-6)
+  o = np.asarray(cams.origins, np.float64)
+  np.testing.assert_allclose(np.linalg.norm(o, axis=-1), dist, atol=1e-6)
+  np.testing.assert_allclose(np.degrees(np.arctan2(o[:, 2], np.hypot(o[:, 0], o[:, 1]))), elevation, atol=1e-4)
+  r = np.asarray(cams.c2w, np.float64)
+  np.testing.assert_allclose(np.einsum('nji,njk->nik', r, r), np.broadcast_to(np.eye(3), (n, 3, 3)), atol=1e-6)
+  np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-6)
+  forward = -r[:, :, 2]
+  np.testing.assert_allclose(forward, -o / dist, atol=1e-6)
+  np.testing.assert_allclose(r[:, 2, 0], 0.0, atol=1e-6)
+  assert np.all(r[:, 2, 1] >= -1e-6)
+
+
+def test_turntable_right_axis_matches_screen():
+  """At azimuth 0, elevation 0 the camera sits on +x looking at the origin: image-right is world +y, image-up is +z
+  (a right-handed z-up world seen from +x); consecutive azimuths step by exactly 360 / N."""
+  cams = cam_lib.turntable_cameras(7, elevation_deg=0.0, distance=2.0)
+  np.testing.assert_allclose(cams.c2w[0], np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]]), atol=1e-7)
+  np.testing.assert_allclose(np.diff(cams.azimuth), 360.0 / 7, atol=1e-4)
+  assert float(cams.azimuth.max()) < 360.0
 
 
 if __name__ == '__main__':

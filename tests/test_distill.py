@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from configs import dreamfusion
+from dreamjax import cli
 from dreamjax import distill
 from dreamjax.priors.base import Prior, scaled_linear_alphas_cumprod
 from dreamjax.priors.gaussian import GaussianPrior
@@ -95,6 +97,10 @@ def np_rule_grad(name, z, t, noise, e_c, e_u, e_n, scale, form, weighting, var_r
   return g
 
 
+def _paper_config():
+  return dreamfusion.get_config()
+
+
 class RuleGradientTest(chex.TestCase):
   """The gradient delivered to z by surrogate_loss(distill_step(...)) equals the float64 formula / B."""
 
@@ -120,10 +126,7 @@ class RuleGradientTest(chex.TestCase):
 
   def _check_rule(self, name, overrides):
     prior = LinearPrior()
-    cfg = distill.default_distill_config(name)
-    for k, v in overrides.items():
-      cfg[k] = v
-    res = distill.resolve_distill_config(cfg)
+    rule = distill.Rule.default(name, **overrides)
     b = 16
     r = np.random.default_rng(1)
     z = jnp.asarray(r.normal(size=(b, 4, 4, C)), jnp.float32)
@@ -131,14 +134,14 @@ class RuleGradientTest(chex.TestCase):
 
     def grad_and_aux(z, rng, ec, eu, en):
       def loss(z):
-        g, aux = distill.distill_step(cfg, prior, prior.params, z, rng, ec, eu, en if name == 'nfsd' else None)
+        g, aux = distill.distill_step(rule, prior, prior.params, z, rng, ec, eu, en if name == 'nfsd' else None)
         return distill.surrogate_loss(z, g), aux
       return jax.grad(loss, has_aux=True)(z)
 
     grad, aux = self.variant(grad_and_aux)(z, _key(3), ec, eu, en)
     t = np.asarray(aux['t'])
     noise = np.asarray(aux['noise'], np.float64)
-    lo, hi = round(res['t_min'] * 1000), round(res['t_max'] * 1000)
+    lo, hi = round(rule.t_min * 1000), round(rule.t_max * 1000)
     self.assertTrue(np.all((t >= lo) & (t <= hi)))
     np.testing.assert_array_equal(np.asarray(aux['abar_t']), ABAR[t])
     z64 = np.asarray(z, np.float64)
@@ -150,8 +153,8 @@ class RuleGradientTest(chex.TestCase):
     else:
       z_in = np.sqrt(ab) * z64 + np.sqrt(1.0 - ab) * noise
     e_c, e_u, e_n = (np_linear_eps(prior.params, z_in, t, e) for e in (ec, eu, en))
-    g_ref = np_rule_grad(name, z64, t, noise, e_c, e_u, e_n, res['guidance_scale'], res['cfg_form'],
-                         res['weighting'], var_red=res['sjc_var_red'], thresh=res['nfsd_t_threshold'])
+    g_ref = np_rule_grad(name, z64, t, noise, e_c, e_u, e_n, rule.guidance_scale, rule.cfg_form, rule.weighting,
+                         var_red=rule.sjc_var_red, thresh=rule.nfsd_t_threshold)
     scale = np.abs(g_ref).max()
     self.assertGreater(scale, 0.1)
     np.testing.assert_allclose(np.asarray(grad, np.float64), g_ref / b, rtol=1e-4, atol=2e-6 * scale)
@@ -224,22 +227,22 @@ class RulePiecesTest(chex.TestCase):
     np.testing.assert_allclose(np.asarray(jax.grad(distill.surrogate_loss, argnums=1)(z, g)), 0.0)
 
   def test_config_defaults_follow_rule(self):
-    """None fields resolve to each rule's paper defaults; explicit values are kept."""
-    cfg = distill.default_distill_config()
-    self.assertEqual(distill.resolve_distill_config(cfg)['guidance_scale'], 100.0)
-    cfg.name = 'nfsd'
-    res = distill.resolve_distill_config(cfg)
-    self.assertEqual((res['guidance_scale'], res['t_min'], res['t_max']), (7.5, 0.02, 0.98))
-    cfg.name = 'sjc'
-    res = distill.resolve_distill_config(cfg)
-    self.assertEqual((res['guidance_scale'], res['cfg_form'], res['weighting'], res['t_min'], res['t_max']),
+    """Each rule's config section carries the rule's paper defaults as concrete numbers; on a command line,
+    --config.distill.name=X brings X's defaults while explicit --config.distill.* values are kept; an unknown rule
+    is a ValueError."""
+    self.assertEqual(distill.Rule.from_config(distill.default_distill_config()).guidance_scale, 100.0)
+    res = distill.Rule.from_config(cli.resolve_overrides(_paper_config(), {'distill.name': 'nfsd'}).distill)
+    self.assertEqual((res.guidance_scale, res.t_min, res.t_max), (7.5, 0.02, 0.98))
+    res = distill.Rule.from_config(cli.resolve_overrides(_paper_config(), {'distill.name': 'sjc'}).distill)
+    self.assertEqual((res.guidance_scale, res.cfg_form, res.weighting, res.t_min, res.t_max),
                      (100.0, 'diffusers', 'uniform', 0.01, 0.97))
-    cfg.guidance_scale = 50
-    self.assertEqual(distill.resolve_distill_config(cfg)['guidance_scale'], 50.0)
-    self.assertIn('low-resolution, gloomy', cfg.negative_prompt)
-    cfg.name = 'vsd'
+    c = _paper_config()
+    c.distill.name, c.distill.guidance_scale = 'sjc', 50.0
+    c = cli.resolve_overrides(c, {'distill.name': 'sjc', 'distill.guidance_scale': 50.0})
+    self.assertEqual(distill.Rule.from_config(c.distill).guidance_scale, 50.0)
+    self.assertIn('low-resolution, gloomy', c.distill.negative_prompt)
     with self.assertRaises(ValueError):
-      distill.resolve_distill_config(cfg)
+      distill.Rule.default('vsd')
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,7 +279,7 @@ class NoUnetBackwardTest(chex.TestCase):
     params = jax.jit(cls.model.init)(_key(0), jnp.zeros((1, H, W, C)), jnp.zeros((1,), jnp.int32),
                                      cls.emb_c[:1])['params']
     cls.prior = PixelPrior(cls.model, params, ABAR, H)
-    cls.cfg = distill.default_distill_config('sds')
+    cls.cfg = distill.Rule.default('sds')
     # A tiny generator without convolutions: theta -> sigmoid(Dense(code)) -> [B, 6, 6, 3], resized to 8x8 by the prior.
     cls.gen = nn.Dense(6 * 6 * C)
     cls.code = jnp.ones((cls.b, 7))
@@ -425,8 +428,7 @@ GAUSS = GaussianPrior({'': (MU, 1.0)}, ABAR)
 def _optimise_image(emb_cond, emb_uncond, lr, omega, steps=400, batch=4, seed=0):
   """SGD (lr decayed linearly to 2%) of SDS (paper CFG omega) on a free image x [H, W, C] in [0, 1] rendered `batch`
   times, starting from gray; emb_* [H W, 2 C]. Returns z = 2x - 1 [H, W, C]."""
-  cfg = distill.default_distill_config('sds')
-  cfg.guidance_scale = omega
+  cfg = distill.Rule.default('sds', guidance_scale=float(omega))
   ec = jnp.tile(emb_cond[None], (batch, 1, 1))
   eu = jnp.tile(emb_uncond[None], (batch, 1, 1))
   x0 = jnp.full((1, H, W, C), 0.5)
@@ -513,8 +515,7 @@ class GaussianPriorTest(chex.TestCase):
     def one_step(x):
       out = []
       for var_red in (True, False):
-        cfg = distill.default_distill_config('sjc')
-        cfg.sjc_var_red = var_red
+        cfg = distill.Rule.default('sjc', sjc_var_red=var_red)
 
         def loss(x):
           z = GAUSS.to_latents(GAUSS.params, x, None)

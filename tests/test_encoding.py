@@ -1,5 +1,5 @@
 """Tests of dreamjax.nerf.encoding: the integrated positional encoding against a float64 Monte Carlo estimate, the
-annealed IPE variance against its closed form, and the plain positional encoding against NumPy.
+and the plain positional encoding against NumPy.
 
 Run: .venv/bin/python -m pytest -q tests/test_encoding.py
 """
@@ -91,23 +91,6 @@ class PosEncTest(chex.TestCase):
     got = self.variant(encoding.pos_enc, static_argnums=(1, 2))(jnp.asarray(x, jnp.float32), num_freqs, False)
     chex.assert_shape(got, (4, 2, 30))
     np.testing.assert_allclose(got, want[..., 3:], atol=1e-5)
-
-
-class AnnealedVarianceTest(chex.TestCase):
-
-  @chex.variants(with_jit=True, without_jit=True)
-  def test_closed_form(self):
-    """lambda(step) = start + (end - start) clip(step / N, 0, 1): 5e-2 at step 0 (and before), 2e-3 at N and after,
-    linear in between (paper: 5e-2 -> 2e-3 over 5k steps)."""
-    fn = self.variant(lambda s: encoding.annealed_variance(s, 5000))
-    cases = [(0, 5e-2), (-10, 5e-2), (1250, 5e-2 - 0.25 * 4.8e-2), (2500, 2.6e-2), (4999, 2e-3 + 4.8e-2 / 5000),
-             (5000, 2e-3), (15000, 2e-3)]
-    for step, want in cases:
-      np.testing.assert_allclose(fn(jnp.asarray(step)), want, rtol=1e-5, err_msg=f'step {step}')
-
-  def test_custom_endpoints(self):
-    """Custom start/end values are honoured: lambda(N/4) = 0.75 start + 0.25 end."""
-    np.testing.assert_allclose(encoding.annealed_variance(25, 100, start=1.0, end=0.2), 0.8, rtol=1e-6)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dreamjax import files
 from dreamjax import mesh as mesh_lib
 
 RES = 64
@@ -331,7 +332,7 @@ def test_save_mesh_dispatch_and_atomic(tmp_path):
   target = tmp_path / 'a.ply'
   before = target.read_bytes()
   with pytest.raises(RuntimeError):
-    with mesh_lib.atomic_write(target) as f:
+    with files.atomic_write(target) as f:
       f.write(b'half a file')
       raise RuntimeError('disk full')
   assert target.read_bytes() == before

@@ -7,10 +7,10 @@ differentiated UNet would add its backward convolutions (the backward of a convo
 
 import re
 
-import _base  # configs/_base.py
 import jax
 import jax.numpy as jnp
 
+from configs import tiny
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
 from dreamjax.priors.load import load_prior
@@ -21,7 +21,7 @@ def _convolutions(compiled_text: str) -> int:
 
 
 def test_step_contains_vae_backward_but_no_unet_backward():
-  c = _base.load("tiny").get_config()
+  c = tiny.get_config()
   prior = load_prior(c)
   pp = prior.params
   text = step_lib.text_embeddings(prior, c)
@@ -30,7 +30,7 @@ def test_step_contains_vae_backward_but_no_unet_backward():
   vae_grad = lambda p, x: jax.grad(lambda x: jnp.sum(prior.to_latents(p, x, key)))(x)
   n_vae = _convolutions(jax.jit(vae_grad).lower(pp, images).compile().as_text())
   z = prior.to_latents(pp, images, key)
-  emb = jnp.concatenate([text["views"][:1], text["uncond"]])
+  emb = jnp.concatenate([text.views[:1], text.uncond])
   unet_fwd = lambda p, z: prior.predict_eps(p, jnp.concatenate([z, z]), jnp.array([500, 500]), emb)
   n_unet = _convolutions(jax.jit(unet_fwd).lower(pp, z).compile().as_text())
   tx = ts_lib.make_optimizer(c)

@@ -7,8 +7,6 @@ Run: .venv/bin/python -m pytest -q tests/test_render.py
 
 import dataclasses
 import functools
-import importlib.util
-import pathlib
 
 from absl.testing import absltest
 import chex
@@ -16,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import dreamfusion
 from dreamjax import cameras as cam_lib
 from dreamjax.nerf import render
 from dreamjax.nerf import scene
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = render.RenderSettings(num_coarse=16, num_fine=16)
 # jit for the larger test graphs: XLA's LLVM backend at optimisation level 0 compiles ~3x faster on CPU (the HLO
 # passes, and hence the maths, are unchanged). The chex variants of the parts use the default jit.
@@ -28,11 +26,8 @@ fast_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimizatio
 
 
 def _load_config():
-  """The paper config, loaded by path (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location('dreamfusion_config', ROOT / 'configs' / 'dreamfusion.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The paper config (configs/dreamfusion.py)."""
+  return dreamfusion.get_config()
 
 
 def _tiny_config():
@@ -53,9 +48,9 @@ def _tiny_config():
 
 @functools.lru_cache(maxsize=None)
 def _tiny_scene():
-  """(config, params) of the tiny config, initialised once (jitted: eager Flax init is slow on CPU)."""
-  c = _tiny_config()
-  return c, fast_jit(lambda k: scene.init_params(k, c))(jax.random.PRNGKey(0))
+  """(scene, params) of the tiny config, initialised once (jitted: eager Flax init is slow on CPU)."""
+  s = scene.Scene.from_config(_tiny_config())
+  return s, fast_jit(s.init)(jax.random.PRNGKey(0))
 
 
 def _np_intersect(o, d, radius):
@@ -405,9 +400,9 @@ class RenderRaysTest(chex.TestCase):
     key = jax.random.PRNGKey(3)
 
     def loss(params):
-      field_fn, bg_fn = scene.fields(params, c)
+      field_fn, bg_fn = c.fields(params)
       out = render.render_rays(field_fn, bg_fn, o, d, key, var=0.05, light_pos=light, mode=mode,
-                               settings=scene.render_settings(c))
+                               settings=c.render)
       return out['rgb'].sum() + 10.0 * out['loss_orient'].sum() + 0.1 * out['loss_opacity'].sum(), out['opacity']
 
     grads, opacity = fast_jit(jax.vmap(jax.grad(loss, has_aux=True)))(stacked)
@@ -424,13 +419,13 @@ class RenderRaysTest(chex.TestCase):
     same gradients w.r.t. every scene parameter as one pass (deterministic sampling, to float32 rounding); the
     backward graph holds a checkpoint only when chunked; a count that does not divide the rays is one clear error."""
     c, params = _tiny_scene()
-    cams = cam_lib.orbit_cameras([20.0, -10.0], [0.0, 130.0], [1.5, 1.2], 0.8 * c.render.width)
+    cams = cam_lib.orbit_cameras([20.0, -10.0], [0.0, 130.0], [1.5, 1.2], 0.8 * c.width)
     light = jnp.array([[1.0, 0.5, 1.0], [-0.5, 1.2, 0.3]])
     mode = jnp.array([cam_lib.SHADED, cam_lib.TEXTURELESS])
 
     def loss(params, chunks):
-      field_fn, bg_fn = scene.fields(params, c)
-      settings = dataclasses.replace(scene.render_settings(c), ray_chunks=chunks)
+      field_fn, bg_fn = c.fields(params)
+      settings = dataclasses.replace(c.render, ray_chunks=chunks)
       out = render.render_views(field_fn, bg_fn, cams, 8, 8, jax.random.PRNGKey(3), var=0.05, light_pos=light,
                                 mode=mode, settings=settings, randomized=False)
       return out['rgb'].sum() + 10.0 * out['loss_orient'].sum() + 0.1 * out['loss_opacity'].sum(), out['rgb']
@@ -454,25 +449,26 @@ class RenderRaysTest(chex.TestCase):
 class SceneTest(chex.TestCase):
 
   def test_ipe_variance_schedule(self):
-    """scene.ipe_variance follows the paper's schedule: 5e-2 at step 0, 2e-3 from step 5000 (a third of 15k)."""
-    c = _load_config()
-    np.testing.assert_allclose(scene.ipe_variance(c, 0), 5e-2, rtol=1e-6)
-    np.testing.assert_allclose(scene.ipe_variance(c, 2500), 2.6e-2, rtol=1e-5)
-    np.testing.assert_allclose(scene.ipe_variance(c, 5000), 2e-3, rtol=1e-5)
-    np.testing.assert_allclose(scene.ipe_variance(c, 14999), 2e-3, rtol=1e-5)
+    """Scene.ipe_variance follows the paper's schedule: 5e-2 at step 0, 2e-3 from step 5000 (a third of 15k)."""
+    s = scene.Scene.from_config(_load_config())
+    np.testing.assert_allclose(s.ipe_variance(0), 5e-2, rtol=1e-6)
+    np.testing.assert_allclose(s.ipe_variance(2500), 2.6e-2, rtol=1e-5)
+    np.testing.assert_allclose(s.ipe_variance(5000), 2e-3, rtol=1e-5)
+    np.testing.assert_allclose(s.ipe_variance(14999), 2e-3, rtol=1e-5)
 
   def test_tiny_scene_render(self):
-    """render_scene on a tiny config under jit, for 3 cameras (outside and inside the sphere) with all three shading
-    modes: [N, H, W] outputs of the right shapes, finite, colours in [0, 1], opacity in [0, 1], loss_opacity in
-    [0.1, sqrt(1.01)], depth >= 0; the initial blob is visible (the centre pixels are more opaque than the corners)."""
+    """Scene.render_views on a tiny config under jit, for 3 cameras (outside and inside the sphere) with all three
+    shading modes: [N, H, W] outputs of the right shapes, finite, colours in [0, 1], opacity in [0, 1], loss_opacity
+    in [0.1, sqrt(1.01)], depth >= 0; the initial blob is visible (the centre pixels are more opaque than the
+    corners)."""
     c, params = _tiny_scene()
-    cams = cam_lib.orbit_cameras([20.0, -10.0, 85.0], [0.0, 130.0, 250.0], [1.5, 1.2, 1.0], 0.8 * c.render.width)
+    cams = cam_lib.orbit_cameras([20.0, -10.0, 85.0], [0.0, 130.0, 250.0], [1.5, 1.2, 1.0], 0.8 * c.width)
     light = jnp.array([[1.0, 0.5, 1.0], [-0.5, 1.2, 0.3], [0.0, 0.1, 1.4]])
     mode = jnp.array([cam_lib.ALBEDO, cam_lib.SHADED, cam_lib.TEXTURELESS])
 
     @fast_jit
     def go(params, step):
-      return scene.render_scene(params, c, cams, jax.random.PRNGKey(3), step=step, light_pos=light, mode=mode)
+      return c.render_views(params, cams, jax.random.PRNGKey(3), step=step, light_pos=light, mode=mode)
     out = go(params, jnp.int32(2000))
     chex.assert_shape([out['rgb'], out['albedo'], out['normal']], (3, 8, 8, 3))
     chex.assert_shape([out['opacity'], out['depth'], out['loss_orient'], out['loss_opacity']], (3, 8, 8))
@@ -487,23 +483,23 @@ class SceneTest(chex.TestCase):
     assert float(centre) > float(corner) + 0.1, (centre, corner)
 
   def test_chunked_render_matches_and_compiles_once(self):
-    """render_scene_chunked (deterministic, 2 cameras x 8 x 8 rays in chunks of 48, so the last chunk is padded)
-    equals render_scene(randomized=False) pixel for pixel: its rgb_modes[..., m, :] is the rgb of shading mode m and
-    opacity/depth/normal agree; a second call at another step reuses the compiled chunk renderer."""
+    """Scene.render_chunked (deterministic, 2 cameras x 8 x 8 rays in chunks of 48, so the last chunk is padded)
+    equals Scene.render_views(randomized=False) pixel for pixel: its rgb_modes[..., m, :] is the rgb of shading mode m
+    and opacity/depth/normal agree; a second call at another step reuses the compiled chunk renderer."""
     c, params = _tiny_scene()
-    cams = cam_lib.orbit_cameras([20.0, 60.0], [0.0, 200.0], [1.5, 1.3], 0.8 * c.render.width)
+    cams = cam_lib.orbit_cameras([20.0, 60.0], [0.0, 200.0], [1.5, 1.3], 0.8 * c.width)
     light = jnp.array([[1.0, 0.5, 1.0], [-0.5, 1.2, 0.3]])
     mode = jnp.array([cam_lib.SHADED, cam_lib.TEXTURELESS])
-    ref = fast_jit(lambda p: scene.render_scene(p, c, cams, jax.random.PRNGKey(0), step=1000, light_pos=light,
+    ref = fast_jit(lambda p: c.render_views(p, cams, jax.random.PRNGKey(0), step=1000, light_pos=light,
                                                 mode=mode, randomized=False))(params)
-    got = scene.render_scene_chunked(params, c, cams, step=1000, light_pos=light, height=8, width=8, chunk=48)
+    got = c.render_chunked(params, cams, step=1000, light_pos=light, height=8, width=8, chunk=48)
     chex.assert_shape(got['rgb_modes'], (2, 8, 8, 3, 3))
     np.testing.assert_allclose(got['rgb_modes'][0, :, :, cam_lib.SHADED], ref['rgb'][0], atol=1e-5)
     np.testing.assert_allclose(got['rgb_modes'][1, :, :, cam_lib.TEXTURELESS], ref['rgb'][1], atol=1e-5)
     for k in ('opacity', 'depth', 'normal', 'albedo'):
       np.testing.assert_allclose(got[k], ref[k], atol=1e-5, err_msg=k)
     size = scene._render_chunk._cache_size()  # pylint: disable=protected-access
-    again = scene.render_scene_chunked(params, c, cams, step=4000, light_pos=light, height=8, width=8, chunk=48)
+    again = c.render_chunked(params, cams, step=4000, light_pos=light, height=8, width=8, chunk=48)
     assert scene._render_chunk._cache_size() == size  # pylint: disable=protected-access
     assert np.abs(again['opacity'] - got['opacity']).max() > 1e-4  # the IPE variance changed with the step
 

@@ -89,7 +89,7 @@ def test_sphere_silhouette_matches_ray_sphere_intersection():
 def test_tokenizer_round_trip_and_unknown_words():
   """Every caption of the world tokenizes without UNK and detokenizes to its words; unknown words become UNK, the
   empty prompt is all PAD, and long prompts are cut at MAX_LEN."""
-  caps = [f"{p}, {v} view" for p in shapes.PROMPTS for v in cam_lib.VIEW_NAMES]
+  caps = [cam_lib.view_prompt(p, v) for p in shapes.PROMPTS for v in range(len(cam_lib.VIEW_NAMES))]
   ids = text_lib.tokenize(caps)
   assert ids.shape == (len(caps), text_lib.MAX_LEN)
   assert not np.any(ids == text_lib.UNK_ID)

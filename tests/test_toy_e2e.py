@@ -8,18 +8,13 @@ shape and colour in at least half of the evaluation views, and the silhouette Io
 the issue's suggested IoU bar of 0.6 is not reached by the cube yet).
 """
 
-import pathlib
-import sys
-
 import jax
 import pytest
 
+from configs import toy
 from dreamjax import train
 from dreamjax.toy import classifier as clf_lib
 from dreamjax.toy import evaluate
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "configs"))
-import _base  # noqa: E402
 
 PROMPTS = ("a red cube", "a blue sphere")
 COLOR_MIN = 0.5  # fraction of the 8 shaded 30°-elevation views where shape and colour are both top-1
@@ -28,7 +23,7 @@ IOU_MIN = 0.45  # mean silhouette IoU over 8 held-out azimuths (two runs of the 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_toy_prompt_becomes_the_object(prompt, tmp_path):
-  config = _base.load("toy").get_config()
+  config = toy.get_config()
   config.prompt = prompt
   state = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False)
   export = tmp_path / "export"

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import tempfile
 
-import _base  # configs/_base.py (tests/conftest.py puts configs/ on the path)
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from configs import tiny
 from dreamjax import cameras as cam_lib
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import train
@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def small_config(steps=4):
   """configs/tiny.py shrunk further; the oracle prior ignores config.prior."""
-  c = _base.load("tiny").get_config()
+  c = tiny.get_config()
   c.train.num_steps = steps
   c.optim.warmup_steps = 1
   c.train.preview_every = 0
@@ -125,12 +125,14 @@ def test_oracle_prior_rebuilds_the_object():
   params = jax.device_get(state.params)
   size = 24
   cams = cam_lib.orbit_cameras(np.full(4, 30.0), np.array([45.0, 135.0, 225.0, 315.0]), 1.5, 1.0 * size)
-  out = scene.render_scene_chunked(params, c, cams, step=c.train.num_steps, light_pos=cams.origins, height=size,
-                                   width=size)
+  out = scene.Scene.from_config(c).render_chunked(params, cams, step=c.train.num_steps, light_pos=cams.origins,
+                                                  height=size, width=size)
   truth_mask = oracle.sphere_mask(cams, size, size)
   pred_mask = out["opacity"] > 0.5
   iou = (pred_mask & truth_mask).sum() / (pred_mask | truth_mask).sum()
-  emb = prior.view_embedding({"cams": cams, "light": cams.origins, "mode": jnp.zeros(4, jnp.int32)})
+  view = cam_lib.View(cams=cams, light=cams.origins, mode=jnp.zeros(4, jnp.int32), label=jnp.zeros(4, jnp.int32),
+                      solid_background=jnp.ones(3), use_solid_background=jnp.asarray(False))
+  emb = prior.view_embedding(view)
   truth = np.asarray(prior.render_truth(emb, size, size))
   err = np.abs(out["rgb_modes"][..., cam_lib.ALBEDO, :] - truth)[truth_mask].mean()
   print(f"oracle: IoU {iou:.3f}, albedo error {err:.4f}")

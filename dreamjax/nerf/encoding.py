@@ -2,7 +2,7 @@
 
 DreamFusion does not derive the Gaussian's covariance from the pixel footprint: every sample is an isotropic Gaussian
 N(mu, lambda I) whose variance lambda is annealed from 5e-2 to 2e-3 over the first third of training (DF A.2), which
-makes the fit coarse-to-fine.
+makes the fit coarse-to-fine; the schedule is `Scene.ipe_variance` (a `schedules.Ramp`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,3 @@ def pos_enc(x: jnp.ndarray, num_freqs: int, include_input: bool = True) -> jnp.n
   scaled = (x[..., None, :] * scales[:, None]).reshape(x.shape[:-1] + (-1,))
   feats = [jnp.sin(scaled), jnp.cos(scaled)]
   return jnp.concatenate(([x] if include_input else []) + feats, axis=-1)
-
-
-def annealed_variance(step, anneal_steps: int, start: float = 5e-2, end: float = 2e-3) -> jnp.ndarray:
-  """IPE variance lambda at `step`: linear from `start` to `end` over `anneal_steps`, then constant (DF A.2)."""
-  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(anneal_steps, 1), 0.0, 1.0)
-  return start + (end - start) * frac

@@ -1,11 +1,16 @@
-"""The interface every 2D diffusion prior implements.
+"""The interface every 2D diffusion prior implements, and the text embeddings a run feeds it.
 
-A prior is a frozen text-to-image diffusion model seen by score distillation through four things:
+A prior is a frozen text-to-image diffusion model seen by score distillation through five things:
 
   encode_text(prompts)                     -> emb     [N, L, D]   (eager, once, outside the train step)
+  condition(text, view)                    -> emb     [B, L, D]   (the conditional embedding of a training view)
   to_latents(params, images, rng)          -> z       [B, h, w, c] (differentiable w.r.t. images)
   predict_eps(params, z_t, t, emb)         -> eps     [B, h, w, c] (epsilon-prediction, whatever the model predicts)
   alphas_cumprod                           -> abar    [T] float32  (the discrete DDPM schedule)
+
+`text` is a `TextEmbeddings` (the prompt per view label, the unconditional prompt, and a rule's negative prompt),
+computed once per run by `TextEmbeddings.encode`; `view` is a `cameras.View`. Text-to-image priors condition on the
+prompt of the view's label (`ViewTextConditioning`); a prior may condition on the view itself instead (the oracle).
 
 `params` is the prior's frozen weight pytree (`prior.params`); it is passed explicitly into jitted functions so that
 large weights are arguments, not baked-in constants. `images` are renders in [0, 1], channels last, [B, H, W, 3].
@@ -15,12 +20,48 @@ concatenates the conditional and unconditional batches into one `predict_eps` ca
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
+import chex
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
+
+from dreamjax import cameras as cam_lib
 
 PyTree = Any
+
+@struct.dataclass
+class TextEmbeddings:
+  """The embeddings of one run: views [V, L, D] (the prompt per view label), uncond [1, L, D] (the unconditional
+  prompt) and neg [1, L, D] or None (the negative prompt of a rule that needs one, e.g. NFSD)."""
+  views: jnp.ndarray
+  uncond: jnp.ndarray
+  neg: Optional[jnp.ndarray] = None
+
+  @classmethod
+  def encode(cls, prior, prompt: str, *, uncond_prompt: str = "", view_dependent: bool = True,
+             rule=None) -> "TextEmbeddings":
+    """Encodes `prompt` once per view label (with its ", front view" ... suffix when `view_dependent`, else the
+    prompt 4 times), `uncond_prompt` ("" = the empty prompt), and `rule.negative_prompt` when `rule.needs_negative`
+    (rule: a `distill.Rule` or None)."""
+    views = [cam_lib.view_prompt(prompt, label) if view_dependent else prompt
+             for label in range(len(cam_lib.VIEW_NAMES))]
+    neg = None
+    if rule is not None and rule.needs_negative:
+      neg = jnp.asarray(prior.encode_text([rule.negative_prompt]))
+    out = cls(views=jnp.asarray(prior.encode_text(views)), uncond=jnp.asarray(prior.encode_text([uncond_prompt])),
+              neg=neg)
+    chex.assert_rank(out.views, 3)
+    return out
+
+
+class ViewTextConditioning:
+  """Mixin of text-to-image priors: the conditional embedding of a view is the prompt of its label."""
+
+  def condition(self, text: TextEmbeddings, view) -> jnp.ndarray:
+    """text.views[view.label]: [B, L, D] for the B cameras of `view`."""
+    return text.views[view.label]
 
 
 @runtime_checkable
@@ -31,6 +72,9 @@ class Prior(Protocol):
   alphas_cumprod: np.ndarray
 
   def encode_text(self, prompts: Sequence[str]) -> jnp.ndarray:
+    ...
+
+  def condition(self, text: TextEmbeddings, view) -> jnp.ndarray:
     ...
 
   def to_latents(self, params: PyTree, images: jnp.ndarray, rng: jnp.ndarray) -> jnp.ndarray:

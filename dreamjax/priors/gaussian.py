@@ -22,11 +22,13 @@ from typing import Any, Mapping, Sequence, Tuple, Union
 import jax.numpy as jnp
 import numpy as np
 
+from dreamjax.priors.base import ViewTextConditioning
+
 PyTree = Any
 ArrayLike = Union[np.ndarray, jnp.ndarray, float]
 
 
-class GaussianPrior:
+class GaussianPrior(ViewTextConditioning):
   """Implements the `Prior` protocol (priors/base.py) with the closed-form eps-predictor of a Gaussian per prompt."""
 
   def __init__(self, components: Mapping[str, Tuple[ArrayLike, ArrayLike]], alphas_cumprod: np.ndarray):

@@ -20,10 +20,8 @@ def resolve_dtype(name: str):
 
 
 def sd_options(config: ml_collections.ConfigDict) -> dict:
-  """The `StableDiffusion` speed/memory options a config names (attention kernel, encoder remat); older configs
-  without the fields get the defaults."""
-  c = config.prior
-  return {"attention": c.get("attention", "auto"), "remat_encoder": bool(c.get("remat_encoder", False))}
+  """The `StableDiffusion` speed/memory options a config names (attention kernel, encoder remat)."""
+  return {"attention": config.prior.attention, "remat_encoder": bool(config.prior.remat_encoder)}
 
 
 def load_prior(config: ml_collections.ConfigDict):
@@ -36,4 +34,4 @@ def load_prior(config: ml_collections.ConfigDict):
   if c.kind == "toy":
     from dreamjax.toy import prior as toy_prior
     return toy_prior.load(c.model or None, dtype=resolve_dtype(c.dtype))
-  raise ValueError(f"prior.kind {c.kind!r} is unknown; use one of {', '.join(PRIOR_KINDS)}")
+  raise ValueError(f"config.prior.kind {c.kind!r} is unknown; use one of {', '.join(PRIOR_KINDS)}")

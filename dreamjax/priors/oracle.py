@@ -6,7 +6,7 @@ g = w(t)(eps_hat - eps) = sqrt(abar (1 - abar)) (x - x*) (with omega = 0): a noi
 the truth. Training a NeRF against it must rebuild the object; this checks that cameras, rays, rendering, gradients,
 the optimiser and the parallel step agree with each other (tests/test_train.py).
 
-The oracle conditions on the view, not on text: the train step calls `view_embedding(view)` when a prior has it.
+The oracle conditions on the view, not on text: its `condition(text, view)` is `view_embedding(view)`.
 Pixel space: latents are images in [-1, 1] at the render resolution.
 """
 
@@ -43,7 +43,8 @@ def sphere_mask(cams: cam_lib.Cameras, height: int, width: int, radius: float = 
 
 
 class OraclePrior:
-  """Implements `Prior` (+ `view_embedding`) for the object given by `field_fn` over a solid background."""
+  """Implements `Prior`, conditioned on the view (`view_embedding`), for the object `field_fn` over a solid
+  background."""
 
   def __init__(self, field_fn: Callable = two_tone_sphere, background=(1.0, 1.0, 1.0),
                settings: render.RenderSettings = render.RenderSettings(num_coarse=64, num_fine=64),
@@ -58,12 +59,17 @@ class OraclePrior:
     """Text is ignored; every prompt maps to the empty view (all zeros), which predicts x* = 0."""
     return jnp.zeros((len(prompts), 1, EMB_DIM), jnp.float32)
 
-  def view_embedding(self, view: dict) -> jnp.ndarray:
-    """Packs a sampled view (train_step.sample_view) into [N, 1, 17]."""
-    cams = view["cams"]
+  def condition(self, text, view: cam_lib.View) -> jnp.ndarray:
+    """The conditional embedding of a training view: its packed camera, light and mode (text is ignored)."""
+    del text
+    return self.view_embedding(view)
+
+  def view_embedding(self, view: cam_lib.View) -> jnp.ndarray:
+    """Packs a view (`cameras.View`) into [N, 1, 17]."""
+    cams = view.cams
     n = cams.origins.shape[0]
-    return jnp.concatenate([cams.origins, cams.c2w.reshape(n, 9), cams.focal[:, None], view["light"],
-                            view["mode"][:, None].astype(jnp.float32)], axis=-1)[:, None, :]
+    return jnp.concatenate([cams.origins, cams.c2w.reshape(n, 9), cams.focal[:, None], view.light,
+                            view.mode[:, None].astype(jnp.float32)], axis=-1)[:, None, :]
 
   def render_truth(self, emb: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
     """The object's exact render [N, H, W, 3] in [0, 1] for packed views emb [N, 1, 17]."""

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamjax.priors.base import v_to_eps
+from dreamjax.priors.base import ViewTextConditioning, v_to_eps
 
 PyTree = Any
 
 PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')
 
 
-class PixelPrior:
+class PixelPrior(ViewTextConditioning):
   """Implements the `Prior` protocol (priors/base.py) around a pixel-space eps/v/x0-prediction Flax model."""
 
   def __init__(self, model: nn.Module, params: PyTree, alphas_cumprod: np.ndarray,

@@ -87,6 +87,32 @@ def _quiet_diffusers_flax() -> None:
       logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def build_modules(unet_config: Mapping[str, Any], vae_config: Mapping[str, Any], dtype: Any, what: str,
+                  use_memory_efficient_attention: bool = False, split_head_dim: bool = False):
+  """(FlaxUNet2DConditionModel, FlaxAutoencoderKL) from their diffusers config.json dicts, computing in `dtype`.
+  Raises WeightsError when a config asks for something the Flax classes do not implement (`what` names the model)."""
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  _quiet_diffusers_flax()
+  _check_supported(unet_config, _UNET_REQUIRED, f"{what}: unet")
+  _check_supported(vae_config, _VAE_REQUIRED, f"{what}: vae")
+  unet = FlaxUNet2DConditionModel(**_flax_kwargs(FlaxUNet2DConditionModel, unet_config), dtype=dtype,
+                                  use_memory_efficient_attention=use_memory_efficient_attention,
+                                  split_head_dim=split_head_dim)
+  vae = FlaxAutoencoderKL(**_flax_kwargs(FlaxAutoencoderKL, vae_config), dtype=dtype)
+  _quiet_diffusers_flax()
+  return unet, vae
+
+
+def vae_factor(vae) -> int:
+  """The VAE's spatial down-sampling factor (8 for SD): 2 per down block after the first."""
+  return 2 ** (len(vae.block_out_channels) - 1)
+
+
+def default_image_size(unet, vae) -> int:
+  """The VAE input resolution S the UNet was trained at: UNet sample_size x VAE factor (512 for SD 1.x/2.x-base)."""
+  return int(unet.sample_size) * vae_factor(vae)
+
+
 def _vae_encode_nhwc(vae, x):
   """Moments [B, h, w, 2c] of the VAE posterior for NHWC images in [-1, 1] (no NCHW round trip)."""
   return vae.quant_conv(vae.encoder(x, deterministic=True))
@@ -143,7 +169,7 @@ def _unet_nhwc(unet, attention: str, unet_params: PyTree, z_t: jnp.ndarray, t: j
   return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
 
 
-class StableDiffusion:
+class StableDiffusion(base.ViewTextConditioning):
   """A frozen Stable Diffusion 1.x/2.x model implementing `dreamjax.priors.base.Prior`. Build with from_pretrained."""
 
   def __init__(self, *, unet, vae, text_encoder, tokenizer, params: PyTree, text_params: PyTree,
@@ -193,16 +219,14 @@ class StableDiffusion:
       remat_encoder: `jax.checkpoint` the VAE encoder (memory for one more encoder forward in the backward pass).
     Raises WeightsError (one-line message) when the weights cannot be had or do not fit.
     """
-    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
-    _quiet_diffusers_flax()
 
     root = weights.resolve_source(source, revision=revision, variant=variant, token=token, cache_dir=cache_dir)
     unet_cfg = weights.read_json(root / "unet" / "config.json")
     vae_cfg = weights.read_json(root / "vae" / "config.json")
     sched_cfg = weights.read_json(root / "scheduler" / "scheduler_config.json")
-    _check_supported(unet_cfg, _UNET_REQUIRED, f"{source}: unet")
-    _check_supported(vae_cfg, _VAE_REQUIRED, f"{source}: vae")
+    unet, vae = build_modules(unet_cfg, vae_cfg, dtype, os.fspath(source), use_memory_efficient_attention,
+                              split_head_dim)
     alphas_cumprod = alphas_cumprod_from_config(sched_cfg)  # schedule problems surface before the slow part
     prediction_type = sched_cfg.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "v_prediction"):
@@ -211,10 +235,6 @@ class StableDiffusion:
     if unet_cfg.get("upcast_attention"):
       log.warning("%s sets upcast_attention; the Flax UNet computes attention in %s.", source, jnp.dtype(dtype).name)
 
-    unet = FlaxUNet2DConditionModel(**_flax_kwargs(FlaxUNet2DConditionModel, unet_cfg), dtype=dtype,
-                                    use_memory_efficient_attention=use_memory_efficient_attention,
-                                    split_head_dim=split_head_dim)
-    vae = FlaxAutoencoderKL(**_flax_kwargs(FlaxAutoencoderKL, vae_cfg), dtype=dtype)
     try:
       text_config = CLIPTextConfig.from_pretrained(root / "text_encoder")
       tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
@@ -231,7 +251,7 @@ class StableDiffusion:
     text_params = load("text_encoder", weights.param_shapes(text_encoder.init_weights, (1, 1)))
 
     if image_size is None:
-      image_size = int(unet.sample_size) * 2 ** (len(vae.block_out_channels) - 1)
+      image_size = default_image_size(unet, vae)
       if vae_cfg.get("sample_size") not in (None, image_size):
         log.info("Using %d px VAE inputs (UNet sample_size x VAE factor), not vae sample_size %s.", image_size,
                  vae_cfg.get("sample_size"))
@@ -241,12 +261,39 @@ class StableDiffusion:
                scaling_factor=vae_cfg.get("scaling_factor", 0.18215), shift_factor=vae_cfg.get("shift_factor"),
                source=os.fspath(source), attention=attention, remat_encoder=remat_encoder)
 
+  @classmethod
+  def from_architecture(cls, arch: str, dtype: Any = jnp.float32, seed: int = 0, abstract: bool = False,
+                        use_memory_efficient_attention: bool = False, attention: str = "auto",
+                        remat_encoder: bool = False) -> "StableDiffusion":
+    """Architecture `arch` ('sd15' | 'sd21', `sd_architectures.ARCHITECTURES`) with random weights (nothing is
+    downloaded), for the benchmark and tests. It has no text encoder or tokenizer (`encode_text` is unavailable;
+    use `sd_architectures.random_text_embeddings`). abstract=True: params are jax.ShapeDtypeStructs (nothing
+    allocated; for `jax.eval_shape`, lowering and compiling). Other arguments as in `from_pretrained`."""
+    from dreamjax.priors import sd_architectures as archs
+    if arch not in archs.ARCHITECTURES:
+      raise ValueError(f"architecture {arch!r} is unknown; use one of {', '.join(archs.ARCHITECTURES)}")
+    a = archs.ARCHITECTURES[arch]
+    unet, vae = build_modules(a.unet, a.vae, dtype, arch, use_memory_efficient_attention)
+    key = jax.random.PRNGKey(seed)
+    k_unet, k_vae = jax.random.split(key)
+    if abstract:
+      make = lambda shapes, k, dt: jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dt), shapes)
+    else:
+      make = archs.random_like
+    params = {"unet": make(jax.eval_shape(unet.init_weights, key), k_unet, dtype),
+              "vae": make(jax.eval_shape(vae.init_weights, key), k_vae, dtype)}
+    return cls(unet=unet, vae=vae, text_encoder=None, tokenizer=None, params=params, text_params=None,
+               alphas_cumprod=alphas_cumprod_from_config(a.scheduler),
+               prediction_type=a.scheduler["prediction_type"], image_size=default_image_size(unet, vae),
+               dtype=dtype, scaling_factor=a.vae["scaling_factor"], source=f"random:{arch}", attention=attention,
+               remat_encoder=remat_encoder)
+
   # ------------------------------------------------------------------------------------------- properties
 
   @property
   def latent_shape(self) -> tuple[int, int, int]:
     """(h, w, c) of the latents `to_latents` returns."""
-    f = 2 ** (len(self.vae.block_out_channels) - 1)
+    f = vae_factor(self.vae)
     return (self.image_size // f, self.image_size // f, int(self.vae.latent_channels))
 
   @property

@@ -10,16 +10,14 @@ Model: 3 conv stages at 16, 8, 4 pixels (32, 64, 64 channels; two 3×3 conv + Gr
 pooling between stages), a 128-unit hidden layer on the flattened 4×4 map and two linear heads. Trained with Adam on
 renders re-composited over fresh random backgrounds and randomly mirrored.
 
-  python -m dreamjax.toy.classifier --out dreamjax/toy/weights [--steps 3000 --data_seeds 1,4 \
-      --num_data 2000,4000]
+  python -m dreamjax.toy.classifier --out /tmp/my_classifier [--steps 3000 --data_seeds 1,4 --num_data 2000,4000]
+(--out dreamjax/toy/weights --overwrite replaces the shipped weights)
   clf = load(); shape_logits, colour_logits = clf(images)
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import pathlib
 import time
 
@@ -28,16 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
 
 from dreamjax import cameras as cam_lib
-from dreamjax.priors.weights import WeightsError, brief_error, check_flax_tree
+from dreamjax.priors.weights import check_flax_tree
 from dreamjax.toy import dataset as ds
 from dreamjax.toy import shapes
+from dreamjax.toy import weights_io
 
-WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
-PARAMS_FILE = "toy_classifier.msgpack"
-CONFIG_FILE = "toy_classifier.json"
+NAME = "toy_classifier"  # toy_classifier.msgpack + toy_classifier.json (`weights_io`)
 RESOLUTION = 16
 SINGLE_OBJECTS = tuple(i for i, o in enumerate(shapes.OBJECTS) if o.is_single)
 # Per object index: its shape and colour class (-1 for two-part objects).
@@ -87,17 +83,7 @@ class Classifier:
 
 def load(path: str | pathlib.Path | None = None) -> Classifier:
   """The classifier from a folder or .msgpack (None = the shipped weights). Raises WeightsError if missing/broken."""
-  p = WEIGHTS_DIR if path is None else pathlib.Path(path).expanduser()
-  f = p / PARAMS_FILE if p.is_dir() or p.suffix != ".msgpack" else p
-  if not f.exists():
-    raise WeightsError(f"toy classifier weights {str(f)!r} are missing; train them with `python -m "
-                       f"dreamjax.toy.classifier --out {f.parent}`")
-  try:
-    tree = serialization.msgpack_restore(f.read_bytes())
-    meta_file = f.with_name(CONFIG_FILE)
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-  except Exception as e:
-    raise WeightsError(f"cannot read toy classifier weights {str(f)!r} ({brief_error(e)}); retrain them") from e
+  tree, meta = weights_io.read(path, NAME, what="toy classifier weights", retrain="python -m dreamjax.toy.classifier")
   target = jax.eval_shape(lambda k: ShapeColourNet().init(k, jnp.zeros((1, RESOLUTION, RESOLUTION, 3)))["params"],
                           jax.random.PRNGKey(0))
   return Classifier(jax.device_put(check_flax_tree(tree, target, "toy classifier weights")), meta)
@@ -156,23 +142,30 @@ def train(data: dict, steps: int, batch: int, lr: float, seed: int, log_every: i
   return params, float(np.mean(losses[-50:]))
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description="Train the toy (shape, colour) classifier.")
-  p.add_argument("--out", default=str(WEIGHTS_DIR))
-  p.add_argument("--steps", type=int, default=3000)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--lr", type=float, default=2e-3)
-  p.add_argument("--seed", type=int, default=1, help="training seed")
-  p.add_argument("--data", default="/tmp/toy_classifier_train_s{seed}.npz", help="cache path per data seed")
-  p.add_argument("--data_seeds", default="1,4", help="render seeds of the training data (comma-separated)")
-  p.add_argument("--num_data", default="2000,4000", help="renders per data seed (comma-separated)")
-  p.add_argument("--test", default="/tmp/toy_classifier_test.npz")
-  p.add_argument("--num_test", type=int, default=400)
-  p.add_argument("--test_seed", type=int, default=3)
-  a = p.parse_args(argv)
+def _seeds_and_counts(seeds: str, counts: str) -> list[tuple[int, int]]:
+  """--data_seeds / --num_data ("1,4" / "2000,4000") as [(seed, count)]; ValueError naming the flags if malformed."""
+  try:
+    pairs = list(zip([int(s) for s in seeds.split(",")], [int(n) for n in counts.split(",")], strict=True))
+  except ValueError:
+    raise ValueError(f"--data_seeds {seeds!r} and --num_data {counts!r} must be comma-separated integers of equal "
+                     "length") from None
+  if not pairs or min(n for _, n in pairs) < 1:
+    raise ValueError(f"--num_data {counts!r} must list counts >= 1")
+  return pairs
+
+
+def main(argv) -> None:
+  from absl import flags
+  a = flags.FLAGS
+  for name in ("steps", "batch", "num_test"):
+    if a[name].value < 1:
+      raise ValueError(f"--{name} must be >= 1 (got {a[name].value})")
+  if not a.lr > 0:
+    raise ValueError(f"--lr must be > 0 (got {a.lr})")
+  pairs = _seeds_and_counts(a.data_seeds, a.num_data)
+  out = weights_io.check_writable(a.out, NAME, overwrite=a.overwrite)
   t0 = time.time()
-  parts = [ds.load_or_generate(a.data.format(seed=int(s)), int(n), int(s), objects=SINGLE_OBJECTS)
-           for s, n in zip(a.data_seeds.split(","), a.num_data.split(","))]
+  parts = [ds.load_or_generate(a.data.format(seed=s), n, s, objects=SINGLE_OBJECTS) for s, n in pairs]
   keys = ("images", "fg", "alpha", "obj", "label", "mode")
   data = {k: np.concatenate([d[k] for d in parts]) for k in keys}
   test = ds.load_or_generate(a.test, a.num_test, a.test_seed, objects=SINGLE_OBJECTS)
@@ -180,17 +173,27 @@ def main(argv=None):
   params, final_loss = train(data, a.steps, a.batch, a.lr, a.seed)
   clf = Classifier(params)
   acc = accuracy(clf, test)
-  out = pathlib.Path(a.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(params)))
   meta = {"shapes": list(shapes.SHAPES), "colours": list(shapes.COLOUR_NAMES), "resolution": RESOLUTION,
           "train": {"num": int(len(data["obj"])), "data_seeds": a.data_seeds, "seed": a.seed, "steps": a.steps,
                     "batch": a.batch, "lr": a.lr, "final_loss": final_loss, "wall_s": round(time.time() - t1, 1)},
           "test": {"seed": a.test_seed, **acc}}
-  (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+  weights_io.write(out, NAME, params, meta)
   print(f"held-out accuracy: shape {acc['shape']:.3f}, colour {acc['colour']:.3f}, both {acc['both']:.3f} "
         f"({acc['num']} renders); data {t1 - t0:.0f}s, training {time.time() - t1:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  from absl import flags
+  from dreamjax import cli
+  weights_io.define_out_flags(NAME)
+  flags.DEFINE_integer("steps", 3000, "Training steps.")
+  flags.DEFINE_integer("batch", 64, "Batch size.")
+  flags.DEFINE_float("lr", 2e-3, "Adam learning rate.")
+  flags.DEFINE_integer("seed", 1, "Training seed.")
+  flags.DEFINE_string("data", "/tmp/toy_classifier_train_s{seed}.npz", "Dataset cache per data seed.")
+  flags.DEFINE_string("data_seeds", "1,4", "Render seeds of the training data (comma-separated).")
+  flags.DEFINE_string("num_data", "2000,4000", "Renders per data seed (comma-separated).")
+  flags.DEFINE_string("test", "/tmp/toy_classifier_test.npz", "Held-out dataset cache.")
+  flags.DEFINE_integer("num_test", 400, "Held-out renders.")
+  flags.DEFINE_integer("test_seed", 3, "Seed of the held-out renders.")
+  cli.run(main, "toy.classifier")

@@ -1,8 +1,9 @@
 """Renders of the toy world with the project's renderer, drawn like DreamFusion's training views, with captions.
 
-Each example: one object of `shapes.OBJECTS` (uniform), one view from `train_step.sample_view` (same elevation,
-azimuth, distance, jitter, focal length, point light and shading-mode distributions as a training run; the shading
-mode is drawn as after the albedo-only warm-up: albedo 0.25, shaded 0.375, textureless 0.375), rendered with
+Each example: one object of `shapes.OBJECTS` (uniform), one view from `cameras.sample_view` with the paper's
+`cameras.ViewSampling()` (the elevation, azimuth, distance, jitter, focal length, point light and shading-mode
+distributions of a training run with configs/dreamfusion.py; the shading mode is drawn as after the albedo-only
+warm-up: albedo 0.25, shaded 0.375, textureless 0.375), rendered with
 `nerf.render.render_views` over a black background, then composited over a random image-space background (half
 solid colours, half linear gradients between two random colours in a random direction). The caption is the train
 step's: f"{prompt}, {view} view" with the camera's `cameras.view_labels` label (textureless renders keep the same
@@ -18,39 +19,26 @@ re-composite over fresh backgrounds; obj int32 [N] (index into OBJECTS), label i
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dreamjax import cameras as cam_lib
-from dreamjax import train_step
+from dreamjax import files
 from dreamjax.nerf import render
 from dreamjax.toy import shapes
 
 RESOLUTION = 32
 SETTINGS = render.RenderSettings(num_coarse=48, num_fine=48)
-CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "configs" / "dreamfusion.py"
-
-
-def view_config(resolution: int = RESOLUTION) -> ml_collections.ConfigDict:
-  """The paper config (configs/dreamfusion.py) at the toy resolution, shading modes mixed from step 0."""
-  spec = importlib.util.spec_from_file_location("dreamjax_configs_dreamfusion_toy", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.render.height = c.render.width = resolution
-  return c
+VIEWS = cam_lib.ViewSampling()  # the paper's training-view distribution (DF A.2)
 
 
 def caption(obj_index: int, label: int) -> str:
   """The train step's caption of object `obj_index` seen with view label `label`."""
-  return f"{shapes.PROMPTS[obj_index]}, {cam_lib.VIEW_NAMES[label]} view"
+  return cam_lib.view_prompt(shapes.PROMPTS[obj_index], label)
 
 
 def captions(obj: np.ndarray, label: np.ndarray) -> list[str]:
@@ -70,17 +58,17 @@ def backgrounds(rng, n: int, resolution: int) -> jnp.ndarray:
   return jnp.where(gradient, c0 + (c1 - c0) * u, jnp.broadcast_to(c0, (n, resolution, resolution, 3)))
 
 
-def make_render_fn(config: ml_collections.ConfigDict, resolution: int = RESOLUTION):
+def make_render_fn(views: cam_lib.ViewSampling = VIEWS, resolution: int = RESOLUTION):
   """Jitted (keys [n, 2], obj [n] int) -> dict(images [n, R, R, 3] f32, label, mode, elevation, azimuth)."""
   table = shapes.stack_arrays(shapes.OBJECTS)
-  step = config.shading.albedo_only_steps  # first step with all three shading modes
+  step = views.shading.albedo_only_steps  # first step with all three shading modes
 
   def one(key, obj):
     k_view, k_render = jax.random.split(key)
-    view = train_step.sample_view(config, k_view, step)
+    view = cam_lib.sample_view(views, k_view, step, resolution)
     arrs = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[obj], table)
-    out = render.render_views(shapes.field(arrs), jnp.zeros_like, view["cams"], resolution, resolution, k_render,
-                              var=0.0, light_pos=view["light"], mode=view["mode"], settings=SETTINGS,
+    out = render.render_views(shapes.field(arrs), jnp.zeros_like, view.cams, resolution, resolution, k_render,
+                              var=0.0, light_pos=view.light, mode=view.mode, settings=SETTINGS,
                               randomized=False, keep=("rgb", "opacity"))
     return out, view
 
@@ -91,16 +79,15 @@ def make_render_fn(config: ml_collections.ConfigDict, resolution: int = RESOLUTI
     bg = backgrounds(jax.random.fold_in(keys[0], 7), keys.shape[0], resolution)
     images = jnp.clip(rgb + (1.0 - opacity) * bg, 0.0, 1.0)
     return {"images": images, "fg": jnp.clip(rgb, 0.0, 1.0), "alpha": jnp.clip(opacity[..., 0], 0.0, 1.0),
-            "label": view["label"][:, 0], "mode": view["mode"][:, 0],
-            "elevation": view["cams"].elevation[:, 0], "azimuth": view["cams"].azimuth[:, 0]}
+            "label": view.label[:, 0], "mode": view.mode[:, 0],
+            "elevation": view.cams.elevation[:, 0], "azimuth": view.cams.azimuth[:, 0]}
   return fn
 
 
 def generate(num: int, seed: int, resolution: int = RESOLUTION, chunk: int = 64, objects=None,
              verbose: bool = False) -> dict:
   """`num` examples (see the module docstring) from `seed`; `objects` restricts the object indices drawn."""
-  config = view_config(resolution)
-  fn = make_render_fn(config, resolution)
+  fn = make_render_fn(VIEWS, resolution)
   rng = np.random.default_rng(seed)
   pool = np.arange(len(shapes.OBJECTS)) if objects is None else np.asarray(objects)
   obj_all = rng.choice(pool, size=num).astype(np.int32)
@@ -155,18 +142,32 @@ def load_or_generate(path: str | None, num: int, seed: int, verbose: bool = True
   return data
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True, help=".npz to write (keep it out of the repository, e.g. /tmp)")
-  p.add_argument("--num", type=int, default=20000)
-  p.add_argument("--seed", type=int, default=0)
-  a = p.parse_args(argv)
+def main(argv) -> None:
+  from absl import flags
+  f = flags.FLAGS
+  if f.num < 1:
+    raise ValueError(f"--num must be >= 1 (got {f.num})")
+  out = pathlib.Path(f.out)
+  if out.suffix != ".npz":
+    raise ValueError(f"--out {f.out!r} must name a .npz file")
+  if out.exists() and not f.overwrite:
+    raise ValueError(f"--out {f.out!r} exists; pass another path, or --overwrite to replace it")
+  if not out.parent.is_dir():
+    raise ValueError(f"--out {f.out!r}: folder {str(out.parent)!r} does not exist")
   t0 = time.time()
-  data = generate(a.num, a.seed, verbose=True)
-  data["seed"] = np.array(a.seed)
-  np.savez(a.out, **data)
-  print(f"wrote {a.out}: {a.num} renders in {time.time() - t0:.1f}s")
+  data = generate(f.num, f.seed, verbose=True)
+  data["seed"] = np.array(f.seed)
+  with files.atomic_path(out) as tmp:
+    with open(tmp, "wb") as fh:
+      np.savez(fh, **data)
+  print(f"wrote {out}: {f.num} renders in {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":
-  main()
+  from absl import flags
+  from dreamjax import cli
+  flags.DEFINE_string("out", None, ".npz to write (keep it out of the repository, e.g. /tmp).", required=True)
+  flags.DEFINE_integer("num", 20000, "Renders to make.")
+  flags.DEFINE_integer("seed", 0, "Seed of the objects, views and backgrounds.")
+  flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
+  cli.run(main, "toy.dataset")

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
 
 from dreamjax import cameras as cam_lib
-from dreamjax.nerf import scene
-from dreamjax.render_preview import preview_lights
+from dreamjax import cli
+from dreamjax.nerf.scene import Scene
+from dreamjax.visualize import preview_lights
 from dreamjax.toy import classifier as clf_lib
 from dreamjax.toy import shapes
 
@@ -49,9 +49,10 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
   """Color, Geo and IoU of trained scene params for a toy prompt."""
   obj = shapes.object_for_prompt(prompt)
   step = config.train.num_steps
+  scene = Scene.from_config(config)
   cams = eval_cameras(num_views)
-  out = scene.render_scene_chunked(params, config, cams, step=step, light_pos=preview_lights(cams),
-                                   height=EVAL_SIZE, width=EVAL_SIZE)
+  out = scene.render_chunked(params, cams, step=step, light_pos=preview_lights(cams), height=EVAL_SIZE,
+                             width=EVAL_SIZE)
   result = {"color": None, "geo": None}
   if obj.is_single:
     want_s, want_c = shapes.SHAPES.index(obj.parts[0].shape), shapes.COLOUR_NAMES.index(obj.parts[0].colour)
@@ -60,8 +61,8 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
     s, _ = classifier.predict(out["rgb_modes"][..., cam_lib.TEXTURELESS, :])
     result["geo"] = float(np.mean(s == want_s))
   held_out = eval_cameras(num_views, offset_deg=180.0 / num_views)
-  out = scene.render_scene_chunked(params, config, held_out, step=step, light_pos=preview_lights(held_out),
-                                   height=EVAL_SIZE, width=EVAL_SIZE, keep=("opacity",), all_modes=False)
+  out = scene.render_chunked(params, held_out, step=step, light_pos=preview_lights(held_out), height=EVAL_SIZE,
+                             width=EVAL_SIZE, keep=("opacity",), all_modes=False)
   truth = np.asarray(shapes.silhouette(obj.arrays(), held_out, EVAL_SIZE, EVAL_SIZE))
   pred = out["opacity"] > 0.5
   inter = (pred & truth).sum(axis=(1, 2))
@@ -100,7 +101,7 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
-  config = f.config
+  config = cli.resolved_config()
   if f.steps:
     config.train.num_steps = f.steps
   config.train.preview_every = 0
@@ -109,7 +110,7 @@ def main(argv) -> None:
     try:
       shapes.object_for_prompt(p)
     except KeyError as e:
-      sys.exit(f"evaluate: {e.args[0]}")
+      raise ValueError(e.args[0]) from None
   classifier = clf_lib.load()
   root = pathlib.Path(f.workdir_root)
   scores = []
@@ -127,11 +128,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", "configs/toy.py", "Config used for every prompt.")
+  from absl import flags
+  cli.define_config_flag("configs/toy.py")
   flags.DEFINE_string("prompts", "", "';'-separated toy prompts (default: every prompt of the toy world).")
   flags.DEFINE_integer("steps", 0, "Override train.num_steps.")
   flags.DEFINE_string("workdir_root", "runs/toy_eval", "One run directory per prompt below this.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
-  app.run(main)
+  cli.run(main, "toy.evaluate")

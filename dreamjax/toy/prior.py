@@ -25,24 +25,21 @@ Files (in `WEIGHTS_DIR` by default): `toy_prior.msgpack` (flax.serialization of 
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from dreamjax.priors.pixel import PixelPrior
-from dreamjax.priors.weights import WeightsError, brief_error, cast_floating, check_flax_tree
+from dreamjax.priors.weights import WeightsError, cast_floating, check_flax_tree
 from dreamjax.toy import text as text_lib
+from dreamjax.toy import weights_io
 
 PyTree = Any
 
-WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
-PARAMS_FILE = "toy_prior.msgpack"
-CONFIG_FILE = "toy_prior.json"
+WEIGHTS_DIR = weights_io.WEIGHTS_DIR
 RESOLUTION = 16
 NUM_TRAIN_TIMESTEPS = 1000
 POOL_TIME_DIM = 8  # width of the one constant "time id" that diffusers' text_time path concatenates to the pooled text
@@ -144,36 +141,25 @@ def make_encode_text(text_encoder, text_params):
   return encode
 
 
+NAME = "toy_prior"  # toy_prior.msgpack + toy_prior.json (`weights_io`)
+RETRAIN = "python -m dreamjax.toy.train_prior"
+
+
 def save(out_dir: str | pathlib.Path, params: dict, summary: dict | None = None) -> pathlib.Path:
-  """Writes toy_prior.msgpack (float32 params) and toy_prior.json (configs + `summary`) into out_dir."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  host = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
-  tmp = out / (PARAMS_FILE + ".tmp")
-  tmp.write_bytes(serialization.msgpack_serialize(host))
-  tmp.replace(out / PARAMS_FILE)
+  """Writes toy_prior.msgpack (float32 params) and toy_prior.json (configs + `summary`) into out_dir (atomically;
+  callers check `weights_io.check_writable` first)."""
   meta = {"unet": UNET_CONFIG, "text": TEXT_CONFIG, "schedule": "cosine", "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
           "prediction_type": "epsilon", "resolution": RESOLUTION, "vocab": list(text_lib.VOCAB),
           "max_len": text_lib.MAX_LEN, "summary": summary or {}}
-  (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-  return out / PARAMS_FILE
+  return weights_io.write(out_dir, NAME, params, meta)
 
 
 def read_params(path: str | pathlib.Path | None = None) -> tuple[dict, dict]:
   """(params, meta) from a weights folder or .msgpack file (None = the shipped weights). Raises WeightsError."""
-  p = WEIGHTS_DIR if path is None else pathlib.Path(path).expanduser()
-  params_file = p / PARAMS_FILE if p.is_dir() or p.suffix != ".msgpack" else p
-  config_file = params_file.with_name(CONFIG_FILE)
-  if not params_file.exists():
-    raise WeightsError(f"toy prior weights {str(params_file)!r} are missing; train them with `python -m "
-                       f"dreamjax.toy.train_prior --out {params_file.parent}` or pass prior.model=<folder>")
-  try:
-    tree = serialization.msgpack_restore(params_file.read_bytes())
-    meta = json.loads(config_file.read_text()) if config_file.exists() else {}
-  except Exception as e:
-    raise WeightsError(f"cannot read toy prior weights {str(params_file)!r} ({brief_error(e)}); retrain them") from e
+  tree, meta = weights_io.read(path, NAME, what="toy prior weights", retrain=RETRAIN)
   if meta.get("vocab", list(text_lib.VOCAB)) != list(text_lib.VOCAB):
-    raise WeightsError(f"toy prior weights {str(params_file)!r} were trained with another vocabulary; retrain them")
+    raise WeightsError(f"toy prior weights {str(weights_io.weights_file(path, NAME))!r} were trained with another "
+                       "vocabulary; retrain them")
   return tree, meta
 
 

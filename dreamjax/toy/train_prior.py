@@ -1,6 +1,7 @@
 """Trains the toy prior (dreamjax/toy/prior.py) on renders of the toy world.
 
-  python -m dreamjax.toy.train_prior --out dreamjax/toy/weights [--steps N --batch B --lr LR --data /tmp/x.npz]
+  python -m dreamjax.toy.train_prior --out /tmp/my_toy_prior [--steps N --batch B --lr LR --data /tmp/x.npz]
+(the shipped weights in dreamjax/toy/weights are replaced only with --out dreamjax/toy/weights --overwrite)
 
 Data: `dataset.load_or_generate(--data, --num_data, seed=--data_seed)` (rendered once, cached as .npz; keep the
 cache outside the repository). Every step draws a batch, re-composites the stored object renders over fresh random
@@ -16,7 +17,6 @@ short), with the running summary (steps, loss, held-out eps-MSE) in toy_prior.js
 
 from __future__ import annotations
 
-import argparse
 import functools
 import pathlib
 import time
@@ -31,6 +31,7 @@ from dreamjax.toy import dataset as ds
 from dreamjax.toy import prior as prior_lib
 from dreamjax.toy import shapes
 from dreamjax.toy import text as text_lib
+from dreamjax.toy import weights_io
 
 EVAL_TIMESTEPS = (100, 250, 500, 750, 900)
 
@@ -155,7 +156,8 @@ def write_samples(out: str, per_view: int = 2, seed: int = 0, guidance: float = 
   prior = prior_lib.load(out)
   folder = pathlib.Path(out) / "samples"
   folder.mkdir(parents=True, exist_ok=True)
-  prompts = [f"{p}, {v} view" for p in shapes.PROMPTS for v in cam_lib.VIEW_NAMES for _ in range(per_view)]
+  prompts = [cam_lib.view_prompt(p, v) for p in shapes.PROMPTS for v in range(len(cam_lib.VIEW_NAMES))
+             for _ in range(per_view)]
   images = []
   for i in range(0, len(prompts), 96):
     images.append(prior_lib.sample(prior, prompts[i:i + 96], jax.random.PRNGKey(seed + i), num_steps, guidance))
@@ -181,30 +183,38 @@ def write_samples(out: str, per_view: int = 2, seed: int = 0, guidance: float = 
   return result
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description="Train the toy text-to-image prior.")
-  p.add_argument("--out", default=str(prior_lib.WEIGHTS_DIR), help="folder for toy_prior.msgpack/.json")
-  p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--warmup", type=int, default=100)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--p_uncond", type=float, default=0.1)
-  p.add_argument("--ema_decay", type=float, default=0.995)
-  p.add_argument("--save_every", type=int, default=200)
-  p.add_argument("--max_minutes", type=float, default=0.0, help="stop (and save) after this wall time; 0 = off")
-  p.add_argument("--data", default="/tmp/toy_prior_train.npz", help="dataset cache (.npz), generated if absent")
-  p.add_argument("--num_data", type=int, default=8000)
-  p.add_argument("--data_seed", type=int, default=0)
-  p.add_argument("--holdout", default="/tmp/toy_heldout.npz", help="held-out renders ('' = skip the evaluation)")
-  p.add_argument("--holdout_seed", type=int, default=2)
-  p.add_argument("--init", default="", help="start from these weights (folder or .msgpack) instead of random")
-  p.add_argument("--samples_only", action="store_true", help="only write sample grids of the weights in --out")
-  p.add_argument("--guidance", type=float, default=10.0, help="classifier-free guidance of the sample grids")
-  a = p.parse_args(argv)
+def check_flags(a) -> None:
+  """Every flag checked before any data is rendered or weights are touched (ValueError, one line)."""
+  for name in ("steps", "batch", "save_every", "num_data"):
+    if a[name].value < 1:
+      raise ValueError(f"--{name} must be >= 1 (got {a[name].value})")
+  if a.warmup < 0:
+    raise ValueError(f"--warmup must be >= 0 (got {a.warmup})")
+  for name in ("lr", "guidance"):
+    if not (a[name].value > 0 and a[name].value < float("inf")):
+      raise ValueError(f"--{name} must be a finite number > 0 (got {a[name].value})")
+  for name in ("p_uncond", "ema_decay"):
+    if not 0.0 <= a[name].value < 1.0:
+      raise ValueError(f"--{name} must be in [0, 1) (got {a[name].value})")
+  if not 0.0 <= a.max_minutes < float("inf"):
+    raise ValueError(f"--max_minutes must be >= 0 (got {a.max_minutes})")
+  if a.init:
+    prior_lib.read_params(a.init)  # a missing or unreadable --init is a WeightsError now, not after the data
+
+
+def main(argv) -> None:
+  from absl import flags
+  a = flags.FLAGS
   if a.samples_only:
+    if not a.guidance > 0:
+      raise ValueError(f"--guidance must be > 0 (got {a.guidance})")
+    prior_lib.read_params(a.out)
+    if (pathlib.Path(a.out) / "samples").exists() and not a.overwrite:
+      raise ValueError(f"--out {a.out!r} already holds samples/; pass --overwrite to replace the sample grids")
     write_samples(a.out, guidance=a.guidance)
     return
+  check_flags(a)
+  weights_io.check_writable(a.out, prior_lib.NAME, overwrite=a.overwrite)
   data = ds.load_or_generate(a.data, a.num_data, a.data_seed)
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed) if a.holdout else None
   t0 = time.time()
@@ -214,4 +224,24 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from absl import flags
+  from dreamjax import cli
+  weights_io.define_out_flags(prior_lib.NAME)
+  flags.DEFINE_integer("steps", 1500, "Training steps.")
+  flags.DEFINE_integer("batch", 32, "Batch size.")
+  flags.DEFINE_float("lr", 1e-3, "Peak Adam learning rate.")
+  flags.DEFINE_integer("warmup", 100, "Linear warm-up steps.")
+  flags.DEFINE_integer("seed", 0, "Training seed.")
+  flags.DEFINE_float("p_uncond", 0.1, "Probability of the empty caption (classifier-free guidance).")
+  flags.DEFINE_float("ema_decay", 0.995, "EMA decay of the saved weights.")
+  flags.DEFINE_integer("save_every", 200, "Save interval (steps).")
+  flags.DEFINE_float("max_minutes", 0.0, "Stop (and save) after this wall time; 0 = off.")
+  flags.DEFINE_string("data", "/tmp/toy_prior_train.npz", "Dataset cache (.npz), generated if absent.")
+  flags.DEFINE_integer("num_data", 8000, "Training renders.")
+  flags.DEFINE_integer("data_seed", 0, "Seed of the training renders.")
+  flags.DEFINE_string("holdout", "/tmp/toy_heldout.npz", "Held-out renders ('' = skip the evaluation).")
+  flags.DEFINE_integer("holdout_seed", 2, "Seed of the held-out renders.")
+  flags.DEFINE_string("init", "", "Start from these weights (folder or .msgpack) instead of random.")
+  flags.DEFINE_bool("samples_only", False, "Only write sample grids of the weights in --out.")
+  flags.DEFINE_float("guidance", 10.0, "Classifier-free guidance of the sample grids.")
+  cli.run(main, "toy.train_prior")
