@@ -96,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000  # checkpoint interval (steps)
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.disable_jit = False  # debugging: run the step eagerly (chex.fake_pmap_and_jit)
+  c.train.max_skip_streak = 50  # stop once this many updates in a row were skipped as non-finite
 
   # Score distillation rule (dreamjax/distill.py documents every field): SDS with omega = 100 (paper CFG form),
   # w(t) = sigma_t^2, t ~ U(0.02, 0.98). `--config.distill.name=nfsd|sjc` on a command line switches to that rule

@@ -8,6 +8,7 @@ continued (`resume=True`), never overwritten.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any, NamedTuple
 
@@ -81,6 +82,31 @@ class Checkpointer:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or from another config: "
                             f"{msg[:300]}") from None
+
+  def restore_newest_readable(self, template: ts_lib.TrainState, report=print) -> ts_lib.TrainState | None:
+    """The newest checkpoint that restores (None when the workdir has none). Newer unreadable ones are moved, never
+    deleted, to <workdir>/corrupt_checkpoints/<step>, out of the manager's way, with one `report` line each saying
+    which step was skipped and why. If none restores, nothing is moved and CheckpointError says why."""
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state = self.restore(template, step)
+      except CheckpointError as e:
+        failed.append((step, e))
+        continue
+      for bad, error in failed:
+        aside = self.directory.parent / "corrupt_checkpoints" / str(bad)
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(self.directory / str(bad), aside)
+        reason = str(error).split(": ", 1)[-1].split(". See full TensorStore", 1)[0][:160]
+        report(f"dreamjax: warning: checkpoint step {bad} is unreadable ({reason}); moved it to {aside}; "
+               f"resuming from step {step}")
+      if failed:
+        self.manager.reload()
+      return state
+    if failed:
+      raise failed[0][1]
+    return None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -7,7 +7,8 @@ Conventions (shared by every function here):
   * Every rule returns the per-sample *loss* gradient g with the shape of z: the optimiser descends along -g, and the
     surrogate loss `surrogate_loss(z, g)` delivers exactly g / B to z (B = batch size), as in threestudio's
     `0.5 * mse(z, (z - g).detach(), reduction='sum') / B`.
-  * Every rule applies `jnp.nan_to_num` to g and then, if `clip` is a float c, clamps g to [-c, c].
+  * Every rule clamps g to [-c, c] if `clip` is a float c, then applies `jnp.nan_to_num` (`distill_step` counts the
+    non-finite entries first, as aux['nonfinite_g']).
 
 CFG forms (spec D1): paper (DreamFusion) eps_hat = (1 + w) eps_c - w eps_u; diffusers eps_hat = eps_u + s (eps_c -
 eps_u). They agree when w = s - 1.
@@ -168,25 +169,28 @@ def time_weight(abar_t: jax.Array, weighting: str = 'sds') -> jax.Array:
   raise ValueError(f'Unknown weighting {weighting!r}; expected "sds" or "uniform".')
 
 
-def _finish(g: jax.Array, clip: Optional[float]) -> jax.Array:
-  """nan_to_num, then the optional elementwise clamp to [-clip, clip]."""
-  g = jnp.nan_to_num(g)
+def _finish(g: jax.Array, clip: Optional[float], sanitize: bool = True) -> jax.Array:
+  """The optional elementwise clamp to [-clip, clip], then (with `sanitize`) nan_to_num. (NaN survives the clamp and
+  becomes 0; +-inf becomes +-clip, or +-max float without a clamp.) `distill_step` passes sanitize=False to count
+  the non-finite entries first."""
   if clip is not None:
     g = jnp.clip(g, -clip, clip)
-  return g
+  return jnp.nan_to_num(g) if sanitize else g
 
 
 def sds_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t: jax.Array, scale: float = 100.0,
-             form: str = 'paper', weighting: str = 'sds', clip: Optional[float] = None) -> jax.Array:
+             form: str = 'paper', weighting: str = 'sds', clip: Optional[float] = None,
+             sanitize: bool = True) -> jax.Array:
   """SDS (DreamFusion Eq. 3): g = w(t) (eps_hat - eps). eps_* [B, ...]; abar_t [B]. Returns g [B, ...]."""
   eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
   w = _bcast(time_weight(abar_t, weighting), eps_hat)
-  return _finish(w * (eps_hat - eps), clip)
+  return _finish(w * (eps_hat - eps), clip, sanitize)
 
 
 def nfsd_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array, t: jax.Array, abar_t: jax.Array,
               scale: float = 7.5, t_threshold: int = 200, weighting: str = 'sds', form: str = 'diffusers',
-              clip: Optional[float] = None) -> jax.Array:
+              clip: Optional[float] = None,
+             sanitize: bool = True) -> jax.Array:
   """Noise-free score distillation: g = w(t) (delta_D + s delta_C); no injected-noise term.
 
   delta_C = eps_c - eps_u; delta_D = eps_u where t < t_threshold, else eps_u - eps_neg (eps_neg: the negative
@@ -200,7 +204,7 @@ def nfsd_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array, t:
   small_t = _bcast(jnp.asarray(t) < t_threshold, eps_uncond)
   delta_d = jnp.where(small_t, eps_uncond, eps_uncond - eps_neg)
   w = _bcast(time_weight(abar_t, weighting), eps_uncond)
-  return _finish(w * (delta_d + s * delta_c), clip)
+  return _finish(w * (delta_d + s * delta_c), clip, sanitize)
 
 
 def sjc_sigma(abar_t: jax.Array) -> jax.Array:
@@ -211,7 +215,7 @@ def sjc_sigma(abar_t: jax.Array) -> jax.Array:
 
 def sjc_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t: jax.Array, scale: float = 100.0,
              var_red: bool = True, form: str = 'diffusers', weighting: str = 'uniform',
-             clip: Optional[float] = None) -> jax.Array:
+             clip: Optional[float] = None, sanitize: bool = True) -> jax.Array:
   """SJC's PAAS gradient, as a loss gradient in the units of the clean latent y (= z). Returns g [B, ...].
 
   VE picture: z_VE = y + sigma n with sigma = sqrt((1 - abar) / abar) and n = `eps`. The UNet sees
@@ -229,7 +233,7 @@ def sjc_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t:
   eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
   ascent = (eps - eps_hat) if var_red else -eps_hat
   w = _bcast(time_weight(abar_t, weighting), eps_hat)
-  return _finish(-w * ascent, clip)
+  return _finish(-w * ascent, clip, sanitize)
 
 
 def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, rng: jax.Array, emb_cond: jax.Array,
@@ -246,7 +250,8 @@ def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, r
   Returns:
     g: the per-sample loss gradient [B, h, w, c] (constant w.r.t. z and prior_params: use `surrogate_loss`).
     aux: 't' [B] int32, 'abar_t' [B], 'noise' (the eps drawn) [B, h, w, c], 'g_abs_mean' scalar (mean |g|),
-      'g_norm' [B] (per-sample L2 norm of g), 'nonfinite_eps' scalar (non-finite entries in the UNet output).
+      'g_norm' [B] (per-sample L2 norm of g), 'nonfinite_eps' scalar (non-finite entries in the UNet output),
+      'nonfinite_g' scalar (non-finite entries of g before they were zeroed).
   The UNet sees `stop_gradient(z_t)` and `stop_gradient(prior_params)`, so differentiating anything built from g
   never differentiates the UNet: its backward pass is never formed.
   """
@@ -272,14 +277,16 @@ def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, r
   eps_all = jax.lax.stop_gradient(eps_all).astype(compute_dtype)
   eps_parts = jnp.split(eps_all, n, axis=0)
 
-  common = dict(scale=rule.guidance_scale, form=rule.cfg_form, weighting=rule.weighting, clip=rule.clip)
+  common = dict(scale=rule.guidance_scale, form=rule.cfg_form, weighting=rule.weighting, clip=rule.clip,
+                sanitize=False)
   if rule.name == 'sds':
     g = sds_grad(eps_parts[0], eps_parts[1], noise, abar_t, **common)
   elif rule.name == 'nfsd':
     g = nfsd_grad(eps_parts[0], eps_parts[1], eps_parts[2], t, abar_t, t_threshold=rule.nfsd_t_threshold, **common)
   else:  # 'sjc' (Rule rejects anything else)
     g = sjc_grad(eps_parts[0], eps_parts[1], noise, abar_t, var_red=rule.sjc_var_red, **common)
-  g = g.astype(z.dtype)
+  nonfinite_g = jnp.sum(~jnp.isfinite(g))  # counted before they are zeroed (a NaN guidance scale shows here)
+  g = jnp.nan_to_num(g).astype(z.dtype)
 
   aux = {
       't': t,
@@ -288,6 +295,7 @@ def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, r
       'g_abs_mean': jnp.mean(jnp.abs(g)),
       'g_norm': jnp.sqrt(jnp.sum(jnp.square(g.reshape(batch, -1)), axis=-1)),
       'nonfinite_eps': jnp.sum(~jnp.isfinite(eps_all)),
+      'nonfinite_g': nonfinite_g,
   }
   if rule.name == 'sjc':
     aux['sigma'] = sjc_sigma(abar_t)

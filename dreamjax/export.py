@@ -20,6 +20,7 @@ from dreamjax import cli
 from dreamjax import mesh as mesh_lib
 from dreamjax import video
 from dreamjax import visualize
+from dreamjax import workdir as workdir_lib
 from dreamjax.nerf.scene import Scene
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,22 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
   f = flags.FLAGS
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  for name, low in (("frames", 1), ("size", 1), ("mesh_resolution", 8)):
+    if f[name].value != 0 and f[name].value < low:
+      raise ValueError(f"--{name} must be >= {low}, or 0 for the run's config (got {f[name].value})")
+  out = f.out or str(pathlib.Path(f.workdir) / "export")
+  workdir_lib.remove_empty(workdir_lib.probe(pathlib.Path(out), "--out"))
   run = ckpt_lib.restore_latest_params(f.workdir)
   settings = ExportSettings.from_config(run.config)
   settings = dataclasses.replace(settings, video_frames=f.frames or settings.video_frames,
                                  video_size=f.size or settings.video_size,
                                  mesh_resolution=f.mesh_resolution or settings.mesh_resolution)
-  out = f.out or str(pathlib.Path(f.workdir) / "export")
-  for p in export_all(Scene.from_config(run.config), run.params, settings, step=run.step, out_dir=out):
+  written = export_all(Scene.from_config(run.config), run.params, settings, step=run.step, out_dir=out)
+  if pathlib.Path(out) == pathlib.Path(f.workdir) / "export" and run.step == run.config.train.num_steps:
+    workdir_lib.mark_export_complete(out, run.step, written)
+  for p in written:
     print(f"wrote {p}")
 
 
@@ -101,4 +111,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("frames", 0, "Turntable frames (default: the run's config).")
   flags.DEFINE_integer("size", 0, "Turntable resolution (default: the run's config).")
   flags.DEFINE_integer("mesh_resolution", 0, "Marching-cubes grid (default: the run's config).")
-  cli.run(main, "export", errors=(ckpt_lib.CheckpointError,))
+  cli.run(main, "export", errors=(ckpt_lib.CheckpointError, workdir_lib.WorkdirError))

@@ -99,5 +99,6 @@ def camera_loss(settings: StepSettings, prior: Prior, params: dict, prior_params
   metrics = {"loss": loss, "loss_distill": loss_distill, "loss_orient": loss_orient, "loss_opacity": loss_opacity,
              "opacity": jnp.mean(out["opacity"]), "g_abs_mean": aux["g_abs_mean"],
              "t": aux["t"][0].astype(jnp.float32), "nonfinite_eps": aux["nonfinite_eps"].astype(jnp.float32),
+             "nonfinite_g": aux["nonfinite_g"].astype(jnp.float32),
              "shading_albedo": (view.mode[0] == cam_lib.ALBEDO).astype(jnp.float32)}
   return loss, metrics

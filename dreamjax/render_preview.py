@@ -12,8 +12,10 @@ import jax
 
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
+from dreamjax import config_check
 from dreamjax import video
 from dreamjax import visualize
+from dreamjax import workdir as workdir_lib
 from dreamjax.nerf.scene import Scene
 
 
@@ -21,12 +23,18 @@ def main(argv) -> None:
   from absl import flags
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  if flags.FLAGS.size < 1:
+    raise ValueError(f"--size must be >= 1 pixels (got {flags.FLAGS.size})")
+  workdir_lib.check_output_file(flags.FLAGS.out)
   if flags.FLAGS.workdir:
     run = ckpt_lib.restore_latest_params(flags.FLAGS.workdir)
     cfg, params, step = run.config, run.params, run.step
     scene = Scene.from_config(cfg)
   else:
     cfg = cli.resolved_config()
+    config_check.check(cfg, require_prompt=False)
     scene = Scene.from_config(cfg)
     params, step = scene.init(jax.random.PRNGKey(cfg.seed)), 0
   grid = visualize.preview_grid(scene, params, visualize.Orbit.from_config(cfg), step=step, size=flags.FLAGS.size)
@@ -40,4 +48,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", "preview.png", "Output PNG.")
   flags.DEFINE_string("workdir", "", "Render the latest checkpoint of this run instead of the initial scene.")
   flags.DEFINE_integer("size", 96, "Panel size in pixels.")
-  cli.run(main, "render_preview", errors=(ckpt_lib.CheckpointError,))
+  cli.run(main, "render_preview", errors=(ckpt_lib.CheckpointError, config_check.ConfigError,
+                                          workdir_lib.WorkdirError))

@@ -22,10 +22,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dreamjax import cameras as cam_lib
 from dreamjax import distill
 from dreamjax import objective
 from dreamjax import train_state as ts_lib
-from dreamjax.priors.base import TextEmbeddings
+from dreamjax.priors.base import TextEmbeddings, fit_prompt
 
 AXIS = "data"
 
@@ -53,14 +54,28 @@ def device_step(state: ts_lib.TrainState, prior_params, text: TextEmbeddings, *,
   grads = jax.tree_util.tree_map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = metrics | {"nonfinite_grads": nonfinite.astype(jnp.float32),
+  # An update that would make any parameter (or optimiser statistic) non-finite is skipped: the state is kept and
+  # the step still advances, so the next step draws new cameras and noise.
+  ok = _all_finite((params, opt_state))
+  params, opt_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), (params, opt_state),
+                                             (state.params, state.opt_state))
+  skipped = (~ok).astype(jnp.int32)
+  metrics = metrics | {"nonfinite_grads": nonfinite.astype(jnp.float32), "skipped_update": skipped.astype(jnp.float32),
                        "orient_weight": settings.loss.orient(state.step)}
   for name in grads:
     metrics[f"grad_norm/{name}"] = _tree_norm(grads[name])
     metrics[f"update_norm/{name}"] = _tree_norm(updates[name])
     metrics[f"param_norm/{name}"] = _tree_norm(params[name])
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            skipped_updates=state.skipped_updates + skipped,
+                            skip_streak=jnp.where(ok, 0, state.skip_streak + 1))
   return new_state, metrics
+
+
+def _all_finite(tree) -> jnp.ndarray:
+  """True when every floating-point entry of the pytree is finite (a bool scalar)."""
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -101,11 +116,18 @@ def _eager(fn):
   return run
 
 
-def text_embeddings(prior, config: ml_collections.ConfigDict) -> TextEmbeddings:
+def text_embeddings(prior, config: ml_collections.ConfigDict, warn: Callable[[str], Any] = print) -> TextEmbeddings:
   """The run's `TextEmbeddings` (computed once, outside the step): config.prompt per view label (with the view
   suffixes when camera.view_dependent_prompt), config.negative_prompt as the unconditional text, and the rule's
-  negative prompt when the rule needs one."""
-  return TextEmbeddings.encode(prior, config.prompt, uncond_prompt=config.negative_prompt or "",
+  negative prompt when the rule needs one. A prompt longer than the text encoder's window is shortened so that the
+  view suffixes still fit, with one `warn` line."""
+  view_dependent = config.camera.view_dependent_prompt
+  suffixes = [cam_lib.view_prompt("", label) for label in range(len(cam_lib.VIEW_NAMES))] if view_dependent else [""]
+  prompt, dropped = fit_prompt(prior, config.prompt, suffixes)
+  if dropped:
+    warn(f"dreamjax: warning: the prompt is longer than the text encoder's {prior.text_window} tokens; its last "
+         f"{dropped} token(s) are dropped so the view suffixes fit: {prompt!r}")
+  return TextEmbeddings.encode(prior, prompt, uncond_prompt=config.negative_prompt or "",
                                view_dependent=config.camera.view_dependent_prompt,
                                rule=distill.Rule.from_config(config.distill))
 

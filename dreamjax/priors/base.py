@@ -56,6 +56,22 @@ class TextEmbeddings:
     return out
 
 
+def fit_prompt(prior, prompt: str, suffixes: Sequence[str] = ("",)) -> tuple[str, int]:
+  """The prompt shortened (whole words from the end) so that prompt + each suffix fits the prior's text window, and
+  how many of the prompt's tokens were dropped (0: unchanged). A prior without a window (`text_window`,
+  `count_tokens`) takes any prompt. Truncating the whole text instead would cut the view suffix off silently."""
+  if not hasattr(prior, "text_window") or not hasattr(prior, "count_tokens"):
+    return prompt, 0
+  fits = lambda p: all(prior.count_tokens(p + s) <= prior.text_window for s in suffixes)
+  words = prompt.split()
+  while words and not fits(" ".join(words)):
+    words.pop()
+  short = " ".join(words)
+  if short == prompt.strip() and fits(prompt):
+    return prompt, 0
+  return short, prior.count_tokens(prompt) - prior.count_tokens(short)
+
+
 class ViewTextConditioning:
   """Mixin of text-to-image priors: the conditional embedding of a view is the prompt of its label."""
 

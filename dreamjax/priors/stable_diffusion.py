@@ -302,12 +302,21 @@ class StableDiffusion(base.ViewTextConditioning):
 
   # ------------------------------------------------------------------------------------------- Prior protocol
 
-  def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-    """Token ids [N, L] int32, padded/truncated to the model length (77) like the SD pipelines."""
+  @property
+  def text_window(self) -> int:
+    """Tokens the text encoder reads, start and end tokens included (77 for SD)."""
     max_len = self.tokenizer.model_max_length
     if not max_len or max_len > self.text_encoder.config.max_position_embeddings:
       max_len = self.text_encoder.config.max_position_embeddings
-    ids = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
+    return int(max_len)
+
+  def count_tokens(self, text: str) -> int:
+    """Tokens of `text` with the start and end tokens, before any truncation."""
+    return len(self.tokenizer(text, verbose=False).input_ids)
+
+  def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+    """Token ids [N, L] int32, padded/truncated to the model length (77) like the SD pipelines."""
+    ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.text_window, truncation=True,
                          return_tensors="np").input_ids
     return np.asarray(ids, np.int32)
 

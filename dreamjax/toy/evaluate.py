@@ -20,6 +20,8 @@ import numpy as np
 
 from dreamjax import cameras as cam_lib
 from dreamjax import cli
+from dreamjax import config_check
+from dreamjax import workdir as workdir_lib
 from dreamjax.nerf.scene import Scene
 from dreamjax.visualize import preview_lights
 from dreamjax.toy import classifier as clf_lib
@@ -101,10 +103,17 @@ def main(argv) -> None:
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}")
+  if f.steps < 0:
+    raise ValueError(f"--steps must be >= 1, or 0 for the config's train.num_steps (got {f.steps})")
   config = cli.resolved_config()
   if f.steps:
     config.train.num_steps = f.steps
   config.train.preview_every = 0
+  config_check.check(config, require_prompt=False)
+  if f.out:
+    workdir_lib.check_output_file(f.out)
   prompts = [p.strip() for p in f.prompts.split(";")] if f.prompts else list(shapes.PROMPTS)
   for p in prompts:
     try:
@@ -134,4 +143,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 0, "Override train.num_steps.")
   flags.DEFINE_string("workdir_root", "runs/toy_eval", "One run directory per prompt below this.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
-  cli.run(main, "toy.evaluate")
+  cli.run(main, "toy.evaluate", errors=(config_check.ConfigError, workdir_lib.WorkdirError))
