@@ -51,11 +51,13 @@ import optax
 
 from dreamjax import cameras as cam_lib
 from dreamjax import cli
+from dreamjax import config_check
 from dreamjax import distill
 from dreamjax import measure
 from dreamjax import objective
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
+from dreamjax import workdir as workdir_lib
 from dreamjax.bench_report import PHASE_LABELS, format_report, gib_text
 from dreamjax.priors import sd_architectures
 from dreamjax.priors.base import TextEmbeddings
@@ -356,8 +358,15 @@ def main(argv: Sequence[str]) -> dict:
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", "configs/dreamfusion.py", "Config file; fields can be overridden "
-                                  "(--config.render.num_fine=64).", flag_values=fv, sys_argv=list(argv))
+  cli.make_config_package_importable(cli.config_file_argument(argv) or "configs/dreamfusion.py")
+  problem = cli.check_config_file(argv, "configs/dreamfusion.py")
+  if problem:
+    raise ValueError(problem)
+  try:  # with sys_argv, the overrides are parsed here
+    config_flags.DEFINE_config_file("config", "configs/dreamfusion.py", "Config file; fields can be overridden "
+                                    "(--config.render.num_fine=64).", flag_values=fv, sys_argv=list(argv))
+  except Exception as e:  # pylint: disable=broad-except  (flag parsing runs the config file)
+    raise ValueError(cli.flag_error_line(e, argv)) from None
   flags.DEFINE_enum("arch", "sd15", list(ARCHS), "sd15 / sd21: random-weight Stable Diffusion 1.5 / 2.1-base "
                     "architecture; config: the prior the config names.", flag_values=fv)
   flags.DEFINE_integer("steps", 20, "Timed steps (after warmup) per measurement.", flag_values=fv)
@@ -382,9 +391,17 @@ def main(argv: Sequence[str]) -> dict:
   if "--help" in argv or "-h" in argv:
     print(__doc__ + "\nFlags:\n" + fv.get_help())
     return {}
-  cli.make_config_package_importable(cli.config_file_argument(argv) or "configs/dreamfusion.py")
-  fv(list(argv))
-  config = cli.resolve_overrides(fv.config, config_flags.get_override_values(fv["config"]))
+  try:
+    fv(list(argv))
+    config = cli.resolve_overrides(fv.config, config_flags.get_override_values(fv["config"]))
+  except Exception as e:  # pylint: disable=broad-except  (flag parsing runs the config file)
+    raise ValueError(cli.flag_error_line(e, argv)) from None
+  config_check.check(config, require_prompt=False)
+  for name, low in (("steps", 1), ("warmup", 0), ("devices", 1)):
+    if fv[name].value < low:
+      raise ValueError(f"--{name} must be >= {low} (got {fv[name].value})")
+  if fv.json:
+    workdir_lib.check_output_file(fv.json, "--json")
   phases = [p for p in fv.phases.split(",") if p.strip()]
   unknown = sorted(set(phases) - set(PHASES) - {"step"})
   if unknown:
@@ -408,6 +425,6 @@ if __name__ == "__main__":
   from dreamjax.priors.weights import WeightsError
   try:
     main(sys.argv)
-  except (_flags.Error, ValueError, WeightsError) as e:
+  except (_flags.Error, ValueError, WeightsError, workdir_lib.WorkdirError) as e:
     print(f"bench: error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)

@@ -8,6 +8,7 @@ continued (`resume=True`), never overwritten.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 from typing import Any, NamedTuple
@@ -76,12 +77,17 @@ class Checkpointer:
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)  # orbax logs the unreadable file's content; the error below says it once
     try:
       return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types for unreadable or mismatched files
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise CheckpointError(f"checkpoint {self.directory / str(step)} is unreadable or from another config: "
                             f"{msg[:300]}") from None
+    finally:
+      absl_logger.setLevel(level)
 
   def restore_newest_readable(self, template: ts_lib.TrainState, report=print) -> ts_lib.TrainState | None:
     """The newest checkpoint that restores (None when the workdir has none). Newer unreadable ones are moved, never

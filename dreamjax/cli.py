@@ -104,7 +104,7 @@ def flag_error_line(error: BaseException, argv: Sequence[str], name: str = "conf
   return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
-def _check_config_file(argv: Sequence[str], default: str | None) -> str | None:
+def check_config_file(argv: Sequence[str], default: str | None) -> str | None:
   """A one-line problem with the --config file (missing, a folder), or None."""
   path = config_file_argument(argv) or default
   if path and not pathlib.Path(path).expanduser().is_file():
@@ -119,7 +119,7 @@ def _flags_parser(prog: str, config_default: str | None):
   from absl import flags
 
   def parse(argv):
-    problem = _check_config_file(argv, config_default) if "config" in flags.FLAGS else None
+    problem = check_config_file(argv, config_default) if "config" in flags.FLAGS else None
     if problem:
       _fail(prog, problem)
     try:

@@ -94,8 +94,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   SIGTERM saves the current step and raises `stop_signals.Interrupted`; a run whose updates keep turning
   parameters non-finite stops with NonFiniteError, keeping its last good checkpoint.
 
-  `prior` overrides config.prior and `optimizer` config.optim (tests); `num_devices` limits the devices used; `stop_after` ends the loop after
-  that many steps as if the run had been interrupted (a checkpoint is written; tests of --resume).
+  `prior` overrides config.prior and `optimizer` config.optim (tests); `num_devices` limits the devices used;
+  `stop_after` ends the loop after that many steps as if the run had been interrupted (a checkpoint is written;
+  tests of --resume).
   """
   validate_config(config)
   workdir = pathlib.Path(workdir)
