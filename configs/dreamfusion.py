@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.render = ml_collections.ConfigDict()
   c.render.height = 64  # render resolution (DF: 64×64)
   c.render.width = 64
-  c.render.batch_per_device = 1  # cameras per device per step (DF: 1 per TPU chip, 4 chips)
+  c.render.batch = 4  # cameras per step, split evenly over the devices (DF: 4, one per TPU chip)
   c.render.radius = 1.4  # bounding sphere radius
   c.render.near = 0.05  # minimum ray distance from the camera
   c.render.num_coarse = 64  # stratified intervals per ray (not in DF; Mip-NeRF 360's proposal count)

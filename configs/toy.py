@@ -33,7 +33,7 @@ def get_config():
   c.nerf.bg_width = 32
   c.render.height = 24
   c.render.width = 24
-  c.render.batch_per_device = 2
+  c.render.batch = 2  # cameras per step (1 CPU device: 2 per step, as the toy results were measured)
   c.render.num_coarse = 24
   c.render.num_fine = 24
   c.render.radius = 0.7  # the toy world's objects lie inside radius 0.6: the scene bound says so (paper: 1.4)

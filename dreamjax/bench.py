@@ -142,9 +142,10 @@ def build(config: ml_collections.ConfigDict, arch: str, dtype: str = "auto", see
   return prior, sd_architectures.random_text_embeddings(arch, rule.needs_negative, seed)
 
 
-def _batch_config(config: ml_collections.ConfigDict, batch: int) -> ml_collections.ConfigDict:
+def _batch_config(config: ml_collections.ConfigDict, batch: int, num_devices: int) -> ml_collections.ConfigDict:
+  """The config with `batch` cameras per device on `num_devices` (render.batch is the global batch)."""
   config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
-  config.render.batch_per_device = batch
+  config.render.batch = batch * num_devices
   config.train.disable_jit = False
   return config
 
@@ -188,8 +189,8 @@ def benchmark_batch(config: ml_collections.ConfigDict, prior, text: TextEmbeddin
                     log: Callable[[str], None] = print) -> dict:
   """Times the compiled step (and `phases`) at per-device batch `batch` on `num_devices` devices. Returns a dict
   with it_per_s, images_per_s, compile_s, memory and per-phase {median_ms, min_ms, flops, tflops_per_s, ...}."""
-  config = _batch_config(config, batch)
   mesh = step_lib.make_mesh(num_devices)
+  config = _batch_config(config, batch, mesh.devices.size)
   n_dev = mesh.devices.size
   put = lambda x: step_lib.replicate(x, mesh)
   tx = ts_lib.make_optimizer(config)
@@ -238,8 +239,8 @@ def count_flops(config: ml_collections.ConfigDict, prior, text: TextEmbeddings, 
   `StableDiffusion.from_architecture(..., abstract=True)`). compile=True also compiles each function for this
   host's backend and adds 'xla_bytes' (static memory estimate), 'compiled_flops' and 'compile_s'.
   Returns {'batch_per_device', 'phases': {name: {'flops', ...}}}."""
-  config = _batch_config(config, batch)
   mesh = step_lib.make_mesh(num_devices)
+  config = _batch_config(config, batch, mesh.devices.size)
   tx = ts_lib.make_optimizer(config)
   state = jax.eval_shape(lambda: ts_lib.create(config, tx))
 

@@ -131,7 +131,7 @@ def _fields() -> dict:
       "nerf.blob_width": POSITIVE, "nerf.density_bias_init": FINITE, "nerf.ipe_var_start": NON_NEGATIVE,
       "nerf.ipe_var_end": NON_NEGATIVE, "nerf.ipe_anneal_frac": PROB, "nerf.bg_num_freqs": Int(0, 16),
       "nerf.bg_width": COUNT, "nerf.bg_depth": Int(0),
-      "render.height": Int(1, 4096), "render.width": Int(1, 4096), "render.batch_per_device": COUNT,
+      "render.height": Int(1, 4096), "render.width": Int(1, 4096), "render.batch": COUNT,
       "render.radius": POSITIVE, "render.near": NON_NEGATIVE, "render.num_coarse": COUNT,
       "render.num_fine": COUNT, "render.resample_padding": NON_NEGATIVE, "render.ray_chunks": COUNT,
       "render.random_background_prob": PROB,

@@ -99,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   tests of --resume).
   """
   validate_config(config)
+  step_lib.per_device_batch(config.render.batch, num_devices or jax.device_count())
   workdir = pathlib.Path(workdir)
   has_checkpoints = _has_checkpoints(workdir)
   if has_checkpoints and not resume:
@@ -156,7 +157,8 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
   end = total if stop_after is None else min(total, stop_after)
   if is_main:
     print(f"dreamjax: {config.prompt!r}: steps {start}..{total} on {n_dev} device(s) "
-          f"({jax.devices()[0].platform}), global batch {n_dev * config.render.batch_per_device}, workdir {workdir}",
+          f"({jax.devices()[0].platform}), global batch {config.render.batch} "
+          f"({step_lib.per_device_batch(config.render.batch, n_dev)} per device), workdir {workdir}",
           flush=True)
   bar = None
   if progress and is_main and start < end:

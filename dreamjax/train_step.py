@@ -26,6 +26,7 @@ from dreamjax import cameras as cam_lib
 from dreamjax import distill
 from dreamjax import objective
 from dreamjax import train_state as ts_lib
+from dreamjax.config_check import ConfigError
 from dreamjax.priors.base import TextEmbeddings, fit_prompt
 
 AXIS = "data"
@@ -78,6 +79,15 @@ def _all_finite(tree) -> jnp.ndarray:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def per_device_batch(batch: int, num_devices: int) -> int:
+  """Cameras per device for a global batch of `batch` over `num_devices`; ConfigError when it does not divide."""
+  if batch % num_devices:
+    suggestion = num_devices * max(1, batch // num_devices)
+    raise ConfigError(f"config.render.batch ({batch}) does not split evenly over {num_devices} devices; use a "
+                      f"multiple of {num_devices} (e.g. --config.render.batch={suggestion}) or fewer devices")
+  return batch // num_devices
+
+
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A 1-D mesh over the first `num_devices` devices (all by default) with axis "data"."""
   devices = jax.devices()
@@ -97,12 +107,14 @@ def make_train_step(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
   """The compiled step: (state, prior_params, text) -> (state, metrics), all replicated on `mesh`. The config is read
   here, once (`objective.StepSettings`).
 
-  Global batch = mesh size × config.render.batch_per_device. `config.train.disable_jit` runs it eagerly
+  Global batch = config.render.batch, split evenly over the mesh (`per_device_batch`). `config.train.disable_jit`
+  runs it eagerly
   (debugging; `chex.fake_pmap_and_jit` semantics).
   """
   settings = objective.StepSettings.from_config(config)
+  per_device = per_device_batch(config.render.batch, mesh.devices.size)
   fn = lambda state, prior_params, text: device_step(state, prior_params, text, settings=settings, prior=prior,
-                                                     tx=tx, batch_per_device=config.render.batch_per_device)
+                                                     tx=tx, batch_per_device=per_device)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()), check_vma=False)
   if config.train.disable_jit:
     return _eager(mapped)

@@ -22,6 +22,8 @@ def test_notebook_is_committed_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, monkeypatch):
+  """Each notebook runs top to bottom on one CPU device, as on a Colab CPU runtime (not the tests' 4 fake ones)."""
   monkeypatch.setenv("DREAMJAX_NOTEBOOK_TEST", "1")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
   nb = nbformat.read(path, as_version=4)
   NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(COLAB)}}).execute()

@@ -290,9 +290,11 @@ def _poisoned(tx: optax.GradientTransformation, bad_steps) -> optax.GradientTran
   return optax.GradientTransformation(init, update)
 
 
-def _small_config(steps):
+def _small_config(steps, batch=1):
   from tests.test_train import small_config
-  return small_config(steps)
+  c = small_config(steps)
+  c.render.batch = batch
+  return c
 
 
 def test_a_non_finite_update_is_skipped_and_counted():
@@ -318,7 +320,7 @@ def test_a_run_that_keeps_producing_non_finite_updates_stops(tmp_path):
   """Every update NaN from the optimiser's step 4 on: the run stops with NonFiniteError (one line) once
   train.max_skip_streak updates in a row were skipped, and the checkpoint of the last good step stays readable."""
   from tests.test_train import fast_oracle
-  config = _small_config(40)
+  config = _small_config(40, batch=4)  # over the 4 test devices
   config.train.max_skip_streak = 5
   config.train.checkpoint_every = 4
   tx = _poisoned(ts_lib.make_optimizer(config), list(range(4, 40)))

@@ -19,6 +19,7 @@ from dreamjax import checkpoint as ckpt_lib
 from dreamjax import train
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
+from dreamjax.config_check import ConfigError
 from dreamjax.nerf import render, scene
 from dreamjax.priors import oracle
 
@@ -56,32 +57,34 @@ def run_steps(config, prior, num_devices, state, n, tx=None):
   return jax.device_get(state), step_lib.host_metrics(metrics)
 
 
-def test_one_and_four_devices_give_the_same_update():
-  """Global batch 4 as 1 device × 4 cameras and as 4 devices × 1 camera: same cameras, same gradient (SGD with lr 1
-  makes the update equal to minus the gradient), to float32 round-off."""
+def test_global_batch_splits_over_one_two_and_four_devices():
+  """config.render.batch = 4 as 1 device × 4 cameras, 2 × 2 and 4 × 1: same cameras, same gradient (SGD with lr 1
+  makes the update equal to minus the gradient), to float32 round-off; 3 devices cannot split 4 cameras and get a
+  ConfigError naming the field."""
   assert jax.device_count() >= 4, "tests/conftest.py sets 4 fake CPU devices"
   prior = fast_oracle()
   tx = optax.sgd(1.0)
-  c1 = small_config()
-  c1.render.batch_per_device = 4
-  c4 = small_config()
-  c4.render.batch_per_device = 1
-  state0 = jax.device_get(ts_lib.create(c1, tx))  # host copy: the step donates its input buffers
-  s1, m1 = run_steps(c1, prior, 1, state0, 1, tx)
-  s4, m4 = run_steps(c4, prior, 4, state0, 1, tx)
-  u1 = jax.tree_util.tree_map(lambda a, b: a - b, s1.params, state0.params)
-  u4 = jax.tree_util.tree_map(lambda a, b: a - b, s4.params, state0.params)
+  c = small_config()
+  c.render.batch = 4
+  state0 = jax.device_get(ts_lib.create(c, tx))  # host copy: the step donates its input buffers
+  runs = {n: run_steps(c, prior, n, state0, 1, tx) for n in (1, 2, 4)}
+  update = lambda s: jax.tree_util.tree_map(lambda a, b: a - b, s.params, state0.params)
+  u1 = update(runs[1][0])
   scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(u1))
   assert scale > 0
-  for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u4)):
-    np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
-  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
-  # And the sharded run really differs from a run of only the first camera (the test can fail).
+  for n in (2, 4):
+    for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(update(runs[n][0]))):
+      np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(runs[1][1]["loss"], runs[n][1]["loss"], rtol=1e-5)
+  # And the 4-camera step really differs from a step of only the first camera (the test can fail).
   c_one = small_config()
+  c_one.render.batch = 1
   s_one, _ = run_steps(c_one, prior, 1, state0, 1, tx)
   diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-             zip(jax.tree_util.tree_leaves(s_one.params), jax.tree_util.tree_leaves(s1.params)))
+             zip(jax.tree_util.tree_leaves(s_one.params), jax.tree_util.tree_leaves(runs[1][0].params)))
   assert diff > 1e-3 * scale
+  with pytest.raises(ConfigError, match=r"config.render.batch \(4\) does not split evenly over 3 devices"):
+    step_lib.make_train_step(c, prior, tx, step_lib.make_mesh(3))
 
 
 def test_resume_equals_uninterrupted(tmp_path):
