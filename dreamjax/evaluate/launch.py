@@ -22,7 +22,7 @@ from dreamjax import cli
 from dreamjax.evaluate import captions as captions_lib
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, order=True)
 class Job:
   index: int  # caption index in the caption set
   caption: str
