@@ -10,7 +10,8 @@ several azimuths. The independent (shape, colour) classifier (dreamjax/toy/class
 
 This command trains and scores in one go. The paper's evaluation entry point scores toy-world runs the same way
 (`score_params`, through `dreamjax.evaluate.harness.score_toy`): `python -m dreamjax.evaluate.launch --config
-configs/toy.py --captions toy --seeds 0` to train, then `python -m dreamjax.evaluate --workdirs runs/coco153/*`.
+configs/toy.py --captions toy --seeds 0 --workdir_root runs/toy` to train, then `python -m dreamjax.evaluate
+--workdirs runs/toy/*`.
 """
 
 from __future__ import annotations
