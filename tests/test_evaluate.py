@@ -217,7 +217,7 @@ def test_evaluate_cli_scores_finished_runs_with_clip(tmp_path, clip_msgpack):
   coco = prompts.coco_captions()
   runs = [_fake_run(tmp_path / "a", coco[3], seed=0), _fake_run(tmp_path / "b", "a red car.", seed=1)]
   proc = _run("dreamjax.evaluate", "--workdirs", runs[0], runs[1], "--clip", TINY_CLIP, "--views", 2,
-              "--out", tmp_path / "out" / "table")
+              "--out", tmp_path / "out" / "table", "--renders_dir", tmp_path / "renders")
   assert proc.returncode == 0, proc.stderr[-2000:]
   doc = json.loads((tmp_path / "out" / "table.json").read_text())
   md = (tmp_path / "out" / "table.md").read_text()
@@ -225,6 +225,7 @@ def test_evaluate_cli_scores_finished_runs_with_clip(tmp_path, clip_msgpack):
   assert doc["captions"] == 153 and doc["protocol"]["azimuths"] == [0.0, 180.0]
   assert m["color"]["runs"] == 2 and m["color"]["renders"] == 4 and m["weights"] == "flax_model.msgpack"
   assert f"| dreamjax | {table_lib.cell(retrieval.Summary(**m['color']))} |" in md
+  assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == ["a_30.png", "b_30.png"]
 
   protocol = proto_lib.Protocol.evenly(2)
   for kind in proto_lib.KINDS:

@@ -67,7 +67,7 @@ def main(argv) -> None:
     from dreamjax.evaluate import clip_model
     clips = [clip_model.load(c, f.clip_weights) for c in f.clip]
     captions = captions_lib.read(f.captions)
-    doc = harness.score_clip(runs, clips, make_protocol(f), captions)
+    doc = harness.score_clip(runs, clips, make_protocol(f), captions, renders_dir=f.renders_dir or None)
     markdown = table_lib.clip_markdown(doc["models"], method=f.method, captions=len(captions))
   print(markdown)
   if f.out:
@@ -86,4 +86,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("toy_views", 8, "Views per toy-world run (toy R-precision).")
   flags.DEFINE_string("method", "dreamjax", "The table row's name.")
   flags.DEFINE_string("out", "", "Also write OUT.md and OUT.json.")
+  flags.DEFINE_string("renders_dir", "", "Save each run's evaluation renders here (PNG: Color row, Geo row).")
   cli.run(main, "evaluate", errors=(harness.EvalError, ckpt_lib.CheckpointError))

@@ -61,11 +61,20 @@ def render_run(run: Run, protocol: proto_lib.Protocol, size: int) -> dict:
   return proto_lib.render(Scene.from_config(run.config), run.params, protocol, orbit, step=run.step, size=size)
 
 
-def score_clip(runs: list[Run], clips: list, protocol: proto_lib.Protocol, distractors: list[str]) -> dict:
+def save_renders(images: dict, path) -> None:
+  """A PNG of a run's evaluation renders: a row per kind (Color, Geo), a column per azimuth."""
+  from dreamjax import video
+  stacked = np.concatenate([images[k] for k in proto_lib.KINDS])
+  video.save_png(video.image_grid(stacked, rows=len(proto_lib.KINDS), cols=len(images["color"])), path)
+
+
+def score_clip(runs: list[Run], clips: list, protocol: proto_lib.Protocol, distractors: list[str],
+               renders_dir=None) -> dict:
   """R@1 of every run under every CLIP model. Returns the evaluation document:
   {'models': {label: {'source', 'weights', 'input_size', 'color': Summary, 'geo': Summary}},
    'runs': [{'workdir', 'prompt', 'seed', 'step', 'render_seconds', 'scores': {label: {kind: {'hits', 'ranks'}}}}]}.
-  Each run is ranked against `distractors` plus its own caption if missing (`retrieval.caption_set`)."""
+  Each run is ranked against `distractors` plus its own caption if missing (`retrieval.caption_set`). With
+  `renders_dir`, the renders are saved there as `<run name>_<size>.png` (`save_renders`)."""
   renders: dict[tuple, dict] = {}
   rows = [{"workdir": r.workdir, "prompt": r.prompt, "seed": int(r.config.seed), "step": r.step,
            "render_seconds": {}, "scores": {}} for r in runs]
@@ -85,6 +94,9 @@ def score_clip(runs: list[Run], clips: list, protocol: proto_lib.Protocol, distr
         t0 = time.time()
         renders[(run.workdir, h)] = render_run(run, protocol, h)
         row["render_seconds"][str(h)] = round(time.time() - t0, 3)
+        if renders_dir:
+          name = f"{pathlib.Path(run.workdir).name}_{h}.png"
+          save_renders(renders[(run.workdir, h)], pathlib.Path(renders_dir) / name)
       text_emb = np.stack([text[c] for c in captions])
       scores = {}
       for kind in proto_lib.KINDS:
