@@ -136,3 +136,13 @@ def restore_latest_params(workdir) -> RestoredRun:
   state = ckpt.restore(ts_lib.create(config))
   ckpt.close()
   return RestoredRun(params=state.params, step=int(state.step), config=config)
+
+
+def latest_step(workdir) -> int | None:
+  """The step of a run's latest checkpoint, or None when it has none (nothing is created)."""
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    return None
+  ckpt = Checkpointer(workdir)
+  step = ckpt.latest_step()
+  ckpt.close()
+  return step

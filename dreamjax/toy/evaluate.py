@@ -7,6 +7,11 @@ several azimuths. The independent (shape, colour) classifier (dreamjax/toy/class
   * IoU:   silhouette IoU (opacity > 0.5) against the analytic object on held-out azimuths (all objects).
 
   python -m dreamjax.toy.evaluate --out docs/toy_results.md [--prompts "a red cube;a blue torus"] [--steps 600]
+
+This command trains and scores in one go. The paper's evaluation entry point scores toy-world runs the same way
+(`score_params`, through `dreamjax.evaluate.harness.score_toy`): `python -m dreamjax.evaluate.launch --config
+configs/toy.py --captions toy --seeds 0 --workdir_root runs/toy` to train, then `python -m dreamjax.evaluate
+--workdirs runs/toy/*`.
 """
 
 from __future__ import annotations
