@@ -97,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.disable_jit = False  # debugging: run the step eagerly (chex.fake_pmap_and_jit)
   c.train.max_skip_streak = 50  # stop once this many updates in a row were skipped as non-finite
+  c.train.grad_shares_every = 500  # log each loss term's gradient norm and share (costs ~1 step; 0 = off)
 
   # Score distillation rule (dreamjax/distill.py documents every field): SDS with omega = 100 (paper CFG form),
   # w(t) = sigma_t^2, t ~ U(0.02, 0.98). `--config.distill.name=nfsd|sjc` on a command line switches to that rule

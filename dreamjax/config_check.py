@@ -142,6 +142,7 @@ def _fields() -> dict:
       "train.num_steps": COUNT, "train.log_every": COUNT, "train.preview_every": Int(0),
       "train.preview_size": Int(1, 4096), "train.checkpoint_every": COUNT, "train.keep_checkpoints": COUNT,
       "train.disable_jit": Flag(), "train.max_skip_streak": COUNT,
+      "train.grad_shares_every": Int(0),
       "distill.name": Choice(distill.RULES), "distill.guidance_scale": FINITE,
       "distill.cfg_form": Choice(distill.CFG_FORMS), "distill.weighting": Choice(distill.WEIGHTINGS),
       "distill.t_min": PROB, "distill.t_max": PROB, "distill.clip": NON_NEGATIVE,

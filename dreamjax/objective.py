@@ -83,10 +83,14 @@ def prior_loss(prior: Prior, prior_params: PyTree, rule: distill.Rule, image: jn
   return distill.surrogate_loss(z, g), aux | {"z": z}
 
 
-def camera_loss(settings: StepSettings, prior: Prior, params: dict, prior_params: PyTree, text: TextEmbeddings,
-                key, step) -> tuple[jnp.ndarray, dict]:
-  """Loss of one training camera (a batch of 1) and its metrics: a random view, its render, the prior's
-  distillation loss and the weighted regularisers (means over the rays)."""
+TERMS = ("distill", "orient", "opacity")  # the loss terms of one camera, as weighted in its loss
+
+
+def camera_terms(settings: StepSettings, prior: Prior, params: dict, prior_params: PyTree, text: TextEmbeddings,
+                 key, step) -> tuple[dict, dict]:
+  """The weighted loss terms of one training camera {'distill', 'orient', 'opacity'} (scalars; their sum is the
+  camera's loss) and its metrics: a random view, its render, the prior's distillation loss and the weighted
+  regularisers (means over the rays)."""
   k_view, k_render, k_latent, k_distill, k_bg = jax.random.split(key, 5)
   view = cam_lib.sample_view(settings.view, k_view, step, settings.scene.width)
   view = cam_lib.with_random_background(view, k_bg, settings.view.random_background_prob)
@@ -95,10 +99,19 @@ def camera_loss(settings: StepSettings, prior: Prior, params: dict, prior_params
                                  latent_rng=k_latent, distill_rng=k_distill)
   loss_orient = jnp.mean(out["loss_orient"])
   loss_opacity = jnp.mean(out["loss_opacity"])
-  loss = loss_distill + settings.loss.orient(step) * loss_orient + settings.loss.opacity * loss_opacity
-  metrics = {"loss": loss, "loss_distill": loss_distill, "loss_orient": loss_orient, "loss_opacity": loss_opacity,
+  terms = {"distill": loss_distill, "orient": settings.loss.orient(step) * loss_orient,
+           "opacity": settings.loss.opacity * loss_opacity}
+  metrics = {"loss_distill": loss_distill, "loss_orient": loss_orient, "loss_opacity": loss_opacity,
              "opacity": jnp.mean(out["opacity"]), "g_abs_mean": aux["g_abs_mean"],
              "t": aux["t"][0].astype(jnp.float32), "nonfinite_eps": aux["nonfinite_eps"].astype(jnp.float32),
              "nonfinite_g": aux["nonfinite_g"].astype(jnp.float32),
              "shading_albedo": (view.mode[0] == cam_lib.ALBEDO).astype(jnp.float32)}
-  return loss, metrics
+  return terms, metrics
+
+
+def camera_loss(settings: StepSettings, prior: Prior, params: dict, prior_params: PyTree, text: TextEmbeddings,
+                key, step) -> tuple[jnp.ndarray, dict]:
+  """Loss of one training camera (the sum of its `camera_terms`) and its metrics."""
+  terms, metrics = camera_terms(settings, prior, params, prior_params, text, key, step)
+  loss = terms["distill"] + terms["orient"] + terms["opacity"]
+  return loss, {"loss": loss} | metrics

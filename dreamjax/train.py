@@ -34,7 +34,7 @@ from dreamjax.nerf.scene import Scene
 # exports. Every other field shapes the trajectory and must match config.json.
 RESUMABLE_CHANGES = ("train.num_steps", "optim.total_steps", "train.log_every", "train.preview_every",
                      "train.preview_size", "train.checkpoint_every", "train.keep_checkpoints", "train.disable_jit",
-                     "train.max_skip_streak", "export.")
+                     "train.max_skip_streak", "train.grad_shares_every", "export.")
 SKIP_CHECK_EVERY = 10  # steps between reads of the non-finite-update streak (a device -> host sync)
 
 
@@ -42,9 +42,9 @@ class NonFiniteError(Exception):
   """The run kept producing updates that would make parameters non-finite; the message is one line."""
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate_config(config: ml_collections.ConfigDict, require_prompt: bool = True) -> None:
   """Rejects configs that cannot run (config_check.ConfigError naming the field); prints one line per warning."""
-  config_check.check(config)
+  config_check.check(config, require_prompt=require_prompt)
   for line in config_check.warnings(config):
     print(f"dreamjax: warning: {line}", flush=True)
 
@@ -149,6 +149,8 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
   text = step_lib.replicate(text, mesh)
   state = step_lib.replicate(state, mesh)
   train_step = step_lib.make_train_step(config, prior, tx, mesh)
+  shares_every = config.train.grad_shares_every
+  gradient_shares = step_lib.make_gradient_shares(config, prior, mesh) if shares_every else None
   scene = Scene.from_config(config)
   orbit = visualize.Orbit.from_config(config)
 
@@ -173,12 +175,17 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
         done = step + 1
         if bar:
           bar.update(1)
+        shares = None
+        if shares_every and done % shares_every == 0 and done < end:  # at the cameras of the next step
+          shares = step_lib.host_metrics(gradient_shares(state, prior_params, text))
         if is_main and (done % config.train.log_every == 0 or done == total):
           m = step_lib.host_metrics(metrics)
           now = time.time()
           m["steps_per_sec"] = (done - s_last) / max(now - t_last, 1e-9)
           t_last, s_last = now, done
-          writer.write(done, m)
+          writer.write(done, m | (shares or {}))
+        elif is_main and shares:
+          writer.write(done, shares)
           if bar:
             bar.set_postfix(loss=f"{m['loss']:.3g}", opacity=f"{m['opacity']:.2f}",
                             skipped=int(jax.device_get(state.skipped_updates)))

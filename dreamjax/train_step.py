@@ -36,12 +36,17 @@ def _tree_norm(tree) -> jnp.ndarray:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def _camera_keys(state: ts_lib.TrainState, batch_per_device: int) -> jnp.ndarray:
+  """This device's camera keys at state.step: fold_in(fold_in(rng, step), global camera index)."""
+  step_key = jax.random.fold_in(state.rng, state.step)
+  cam_index = jax.lax.axis_index(AXIS) * batch_per_device + jnp.arange(batch_per_device)
+  return jax.vmap(jax.random.fold_in, (None, 0))(step_key, cam_index)
+
+
 def device_step(state: ts_lib.TrainState, prior_params, text: TextEmbeddings, *, settings: objective.StepSettings,
                 prior, tx, batch_per_device: int):
   """One step on one device (inside shard_map over axis "data"). Returns (new state, metrics)."""
-  step_key = jax.random.fold_in(state.rng, state.step)
-  cam_index = jax.lax.axis_index(AXIS) * batch_per_device + jnp.arange(batch_per_device)
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, cam_index)
+  keys = _camera_keys(state, batch_per_device)
 
   def loss_fn(params):
     loss_of = lambda k: objective.camera_loss(settings, prior, params, prior_params, text, k, state.step)
@@ -86,6 +91,41 @@ def per_device_batch(batch: int, num_devices: int) -> int:
     raise ConfigError(f"config.render.batch ({batch}) does not split evenly over {num_devices} devices; use a "
                       f"multiple of {num_devices} (e.g. --config.render.batch={suggestion}) or fewer devices")
   return batch // num_devices
+
+
+def device_gradient_shares(state: ts_lib.TrainState, prior_params, text: TextEmbeddings, *,
+                           settings: objective.StepSettings, prior, batch_per_device: int) -> dict:
+  """Each weighted loss term's gradient on the scene parameters at the cameras step `state.step` draws: its norm
+  'grad_term_norm/<term>' and its share 'grad_share/<term>' = norm / (sum of the terms' norms), so the shares sum
+  to 1 and a term with weight 0 has share 0. (One forward pass, one backward pass per term; on one device inside
+  shard_map, gradients averaged over devices like the step's.)"""
+  keys = _camera_keys(state, batch_per_device)
+
+  def terms_fn(params):
+    terms, _ = jax.vmap(lambda k: objective.camera_terms(settings, prior, params, prior_params, text, k,
+                                                         state.step))(keys)
+    return {name: jnp.mean(v) for name, v in terms.items()}
+
+  terms, pullback = jax.vjp(terms_fn, state.params)
+  norms = {}
+  for name in objective.TERMS:
+    cotangent = {n: jnp.asarray(n == name, v.dtype) for n, v in terms.items()}
+    (grads,) = pullback(cotangent)
+    norms[name] = _tree_norm(jax.lax.pmean(grads, AXIS))
+  total = sum(norms.values())
+  safe_total = jnp.where(total > 0, total, 1.0)
+  return ({f"grad_term_norm/{n}": v for n, v in norms.items()} |
+          {f"grad_share/{n}": v / safe_total for n, v in norms.items()})
+
+
+def make_gradient_shares(config: ml_collections.ConfigDict, prior, mesh: jax.sharding.Mesh) -> Callable:
+  """The compiled `device_gradient_shares`: (state, prior_params, text) -> metrics, replicated on `mesh`."""
+  settings = objective.StepSettings.from_config(config)
+  per_device = per_device_batch(config.render.batch, mesh.devices.size)
+  fn = lambda state, prior_params, text: device_gradient_shares(state, prior_params, text, settings=settings,
+                                                                prior=prior, batch_per_device=per_device)
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(), check_vma=False)
+  return _eager(mapped) if config.train.disable_jit else jax.jit(mapped)
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:

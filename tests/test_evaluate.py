@@ -272,7 +272,8 @@ def test_toy_world_launch_then_evaluate(tmp_path):
   captions.write_text("a red cube\n")
   common = ("--config", "configs/toy.py", "--captions", captions, "--seeds", "0", "--workdir_root", tmp_path / "runs",
             "--config.train.num_steps=8", "--config.train.preview_every=0", "--config.train.log_every=4",
-            "--config.optim.warmup_steps=2", "--config.shading.albedo_only_steps=2")
+            "--config.optim.warmup_steps=2", "--config.shading.albedo_only_steps=2",
+            "--config.render.batch=4")  # one camera on each of the 4 test devices
   proc = _run("dreamjax.evaluate.launch", *common)
   assert proc.returncode == 0, proc.stderr[-2000:]
   workdir = tmp_path / "runs" / "000_a_red_cube_seed0"

@@ -19,6 +19,9 @@ import time
 
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
+from dreamjax import stop_signals
+from dreamjax import train
+from dreamjax import workdir as workdir_lib
 from dreamjax.evaluate import captions as captions_lib
 
 
@@ -74,6 +77,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.resolved_config()
+  train.validate_config(config, require_prompt=False)  # the prompts come from the caption set
   shard = parse_shard(f.shard)
   jobs = jobs_of(captions_lib.read(f.captions), parse_seeds(f.seeds), shard)
   root = pathlib.Path(f.workdir_root)
@@ -83,7 +87,6 @@ def main(argv) -> None:
     for job in jobs:
       print(f"{state_of(job.workdir(root), total):8s} {job.workdir(root)}  seed {job.seed}  {job.caption!r}")
     return
-  from dreamjax import train
   done = 0
   for k, job in enumerate(jobs):
     wd = job.workdir(root)
@@ -110,4 +113,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("export", False, "Write each run's turntable video and mesh too (the evaluation needs neither).")
   flags.DEFINE_bool("progress", False, "Show a progress bar per run.")
   flags.DEFINE_bool("dry_run", False, "List this shard's jobs and their state; train nothing.")
-  cli.run(main, "evaluate.launch", errors=(ckpt_lib.CheckpointError,))
+  cli.run(main, "evaluate.launch", errors=(ckpt_lib.CheckpointError, workdir_lib.WorkdirError, train.NonFiniteError),
+          interrupted=(stop_signals.Interrupted,))
