@@ -140,3 +140,20 @@ def test_compile_only_reports_memory_and_remat_recomputes(capsys):
   assert reports[True]["meta"]["remat_encoder"] is True and reports[False]["meta"]["remat_encoder"] is False
   assert _positive_finite(off["xla_bytes"]) and _positive_finite(on["xla_bytes"])
   assert on["compiled_flops"] > 1.2 * off["compiled_flops"]
+
+
+def test_guidance_error_arithmetic_against_closed_form():
+  """dreamjax.guidance_precision.errors: an error d on eps_c alone moves eps_hat by (1 + omega) d, so rel_guided =
+  (1 + omega) RMS(d) / RMS(eps_hat - eps); an error common to eps_c and eps_u moves eps_hat by d only (guidance
+  cancels it) and leaves the difference exact."""
+  from dreamjax import guidance_precision as gp
+  rng = np.random.default_rng(0)
+  c, u, eps = (rng.standard_normal((8, 8, 4)) for _ in range(3))
+  d = 1e-3 * rng.standard_normal((8, 8, 4))
+  guided = 101.0 * c - 100.0 * u
+  rms = lambda x: float(np.sqrt(np.mean(x ** 2)))
+  e = gp.errors(c + d, u, c, u, eps, omega=100.0)
+  assert abs(e["rel_guided"] - 101.0 * rms(d) / rms(guided - eps)) < 1e-12
+  assert abs(e["rel_difference"] - rms(d) / rms(c - u)) < 1e-12 and abs(e["rel_eps_cond"] - rms(d) / rms(c)) < 1e-12
+  e = gp.errors(c + d, u + d, c, u, eps, omega=100.0)
+  assert abs(e["rel_guided"] - rms(d) / rms(guided - eps)) < 1e-12 and e["rel_difference"] < 1e-12
