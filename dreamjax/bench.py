@@ -125,8 +125,8 @@ def phase_functions(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
 def build(config: ml_collections.ConfigDict, arch: str, dtype: str = "auto", seed: int = 0,
           use_memory_efficient_attention: bool = False, abstract: bool = False):
   """(prior, text) for `arch`: a random-weight SD architecture with random text (abstract: parameters as
-  ShapeDtypeStructs), or the config's prior with `train_step.text_embeddings`. dtype 'auto' is bfloat16 on GPU/TPU
-  and float32 on CPU (or the config's prior.dtype for arch 'config')."""
+  ShapeDtypeStructs), or the config's prior with `train_step.text_embeddings`. dtype 'auto' is float16 on GPU,
+  bfloat16 on TPU and float32 on CPU (or the config's prior.dtype for arch 'config')."""
   from dreamjax.priors.load import load_prior, resolve_dtype, sd_options
   from dreamjax.priors.stable_diffusion import StableDiffusion
   if arch not in ARCHS:
@@ -373,7 +373,7 @@ def main(argv: Sequence[str]) -> dict:
   flags.DEFINE_integer("steps", 20, "Timed steps (after warmup) per measurement.", flag_values=fv)
   flags.DEFINE_integer("warmup", 3, "Untimed calls before timing (after compilation).", flag_values=fv)
   flags.DEFINE_string("batch", "1", "Per-device batch sizes to sweep, e.g. 1,2,4,8.", flag_values=fv)
-  flags.DEFINE_string("dtype", "auto", "Frozen-network dtype: auto (bf16 on GPU/TPU, f32 on CPU), bfloat16, "
+  flags.DEFINE_string("dtype", "auto", "Frozen-network dtype: auto (fp16 on GPU, bf16 on TPU, f32 on CPU), bfloat16, "
                       "float32, float16.", flag_values=fv)
   flags.DEFINE_integer("devices", 1, "Devices in the data-parallel mesh.", flag_values=fv)
   flags.DEFINE_string("phases", ",".join(PHASES), "Phases to time besides the whole step ('' = none).",

@@ -9,10 +9,15 @@ import ml_collections
 PRIOR_KINDS = ("stable_diffusion", "toy")
 
 
+AUTO_DTYPES = {"cpu": jnp.float32, "gpu": jnp.float16, "cuda": jnp.float16, "rocm": jnp.float16}
+
+
 def resolve_dtype(name: str):
-  """'auto' -> bfloat16 on GPU/TPU, float32 on CPU; otherwise the named dtype."""
+  """'auto' -> float16 on GPU (its guided noise prediction at omega = 100 keeps about 7x less rounding error than
+  bfloat16's: docs/stable_diffusion.md "dtypes"), float32 on CPU, bfloat16 elsewhere (TPU: no fast float16);
+  otherwise the named dtype."""
   if name == "auto":
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return AUTO_DTYPES.get(jax.default_backend(), jnp.bfloat16)
   try:
     return jnp.dtype(name).type
   except TypeError:
