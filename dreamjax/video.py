@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import warnings
 from typing import Union
 
 import numpy as np
@@ -90,7 +91,11 @@ def write_video(frames, path: PathLike, fps: float = 30.0) -> pathlib.Path:
   if suffix != '.mp4':
     raise ValueError(f'unknown video format {suffix!r} for {path}; use .mp4 or .gif')
   try:
-    _write_mp4(frames, path, fps)
+    with warnings.catch_warnings():
+      # imageio-ffmpeg starts ffmpeg with subprocess; Python warns that os.fork() and JAX's threads may deadlock.
+      # The child execs ffmpeg at once and runs no Python, so the warning does not apply.
+      warnings.filterwarnings('ignore', message=r'.*os\.fork\(\) was called.*', category=RuntimeWarning)
+      _write_mp4(frames, path, fps)
     return path
   except (ImportError, RuntimeError, OSError) as e:
     gif = path.with_suffix('.gif')
