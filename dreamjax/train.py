@@ -21,6 +21,7 @@ import ml_collections
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import distributed
 from dreamjax import metrics_log
 from dreamjax import stop_signals
 from dreamjax import train_state as ts_lib
@@ -34,7 +35,7 @@ from dreamjax.nerf.scene import Scene
 # exports. Every other field shapes the trajectory and must match config.json.
 RESUMABLE_CHANGES = ("train.num_steps", "optim.total_steps", "train.log_every", "train.preview_every",
                      "train.preview_size", "train.checkpoint_every", "train.keep_checkpoints", "train.disable_jit",
-                     "train.max_skip_streak", "train.grad_shares_every", "export.")
+                     "train.parallel", "train.max_skip_streak", "train.grad_shares_every", "export.")
 SKIP_CHECK_EVERY = 10  # steps between reads of the non-finite-update streak (a device -> host sync)
 
 
@@ -99,6 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   tests of --resume).
   """
   validate_config(config)
+  distributed.check_same_config(config)
   step_lib.per_device_batch(config.render.batch, num_devices or jax.device_count())
   workdir = pathlib.Path(workdir)
   has_checkpoints = _has_checkpoints(workdir)
@@ -241,7 +243,8 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
   if f.multihost:
-    jax.distributed.initialize()
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                           heartbeat_timeout_seconds=f.heartbeat_timeout)
   train_and_evaluate(cli.resolved_config(), f.workdir, resume=f.resume)
 
 
@@ -252,5 +255,13 @@ if __name__ == "__main__":
                       required=True)
   flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
   flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process TPU/GPU launches).")
+  flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0's coordinator (default: "
+                      "$JAX_COORDINATOR_ADDRESS, else JAX's cluster detection).")
+  flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: $JAX_NUM_PROCESSES, else "
+                       "detected).")
+  flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0..num_processes-1 (default: "
+                       "$JAX_PROCESS_ID, else detected).")
+  flags.DEFINE_integer("heartbeat_timeout", 100, "--multihost: seconds after which a silent process counts as dead "
+                       "and the others stop.")
   cli.run(main, "train", errors=(ConfigError, ckpt_lib.CheckpointError, workdir_lib.WorkdirError, NonFiniteError),
           interrupted=(stop_signals.Interrupted,))
