@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -70,3 +74,63 @@ def check_same_config(config) -> None:
   if differ:
     raise ConfigError(f"the processes do not run the same config: process(es) {', '.join(map(str, differ))} differ "
                       f"from process 0; launch every process with the same --config and --config.* flags")
+
+
+# ------------------------------------------------------------------------------------------ a lost peer, in one line
+# When a process of the run dies (kill -9, a lost host), JAX's coordination client in every other process aborts it
+# from a C++ thread (`LOG(FATAL)`, a stack trace and Python's fault dump); a collective waiting on the dead peer can
+# also fail first, with a gloo error. Neither can be caught in Python, so `--multihost` runs the training in a child
+# process and this parent turns such an end into one line and exit status PEER_LOST_EXIT.
+
+SUPERVISED_ENV = "DREAMJAX_SUPERVISED"  # set in the child; its presence means "train here, do not supervise"
+PEER_LOST_EXIT = 3
+_PEER_LOST_MARKS = ("JAX distributed service detected fatal errors", "The tasks have crashed", "Gloo",
+                    "gloo::", "Connection closed by peer", "CoordinationService", "heartbeat")
+_FAULT_START = re.compile(r"^([EF]\d{4} |Traceback |Fatal Python error|\*\*\* |terminate called)")
+
+
+def supervised() -> bool:
+  """True in the child that trains (or when supervision is off)."""
+  return bool(os.environ.get(SUPERVISED_ENV))
+
+
+def _die_with_parent() -> None:
+  """(In the child, before exec.) On Linux the child is killed when the supervising parent dies, so `kill -9` of
+  the process a launcher started ends the training too."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+def run_supervised(prog: str, argv: list[str]) -> int:
+  """Runs `python -m dreamjax.<prog> argv` as a child (stdout shared; stderr passed through line by line until a
+  fault begins, then held back) and returns the exit status to end with. SIGINT/SIGTERM are forwarded to the child
+  (which saves, then stops). If the child ends abnormally and what it printed shows a lost peer, one line replaces
+  the held-back fault report; any other fault report is printed unchanged."""
+  env = dict(os.environ, **{SUPERVISED_ENV: "1"})
+  child = subprocess.Popen([sys.executable, "-m", f"dreamjax.{prog}", *argv], env=env, stderr=subprocess.PIPE,
+                           text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent)
+  forward = lambda signum, frame: child.send_signal(signum)
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+  held: list[str] = []
+  try:
+    for line in child.stderr:
+      if held or _FAULT_START.match(line):
+        held.append(line)
+      else:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    rc = child.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  text = "".join(held)
+  if rc not in (0, 2, 130) and any(mark in text for mark in _PEER_LOST_MARKS):
+    print(f"{prog}: error: another process of this --multihost run stopped or became unreachable; this one stops "
+          f"too (its last checkpoint is kept): relaunch every process with --resume", file=sys.stderr, flush=True)
+    return PEER_LOST_EXIT
+  sys.stderr.write(text)
+  sys.stderr.flush()
+  return rc if rc >= 0 else 128 - rc

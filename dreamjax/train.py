@@ -242,6 +242,8 @@ def main(argv) -> None:
   f = flags.FLAGS
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
+  if f.multihost and not distributed.supervised():
+    sys.exit(distributed.run_supervised("train", sys.argv[1:]))
   if f.multihost:
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
                            heartbeat_timeout_seconds=f.heartbeat_timeout)

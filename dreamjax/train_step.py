@@ -138,7 +138,11 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places a pytree, replicated, on every device of the mesh."""
+  """Places a pytree, replicated, on every device of the mesh. With several processes every process passes the same
+  values and each places them on its own devices; arrays committed to one device (a restored checkpoint) go through
+  host memory first, since the CPU backend has no cross-host device transfers."""
+  if jax.process_count() > 1:
+    tree = jax.device_get(tree)
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
