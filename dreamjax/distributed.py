@@ -55,6 +55,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              initialization_timeout=initialization_timeout)
 
 
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (a collective: every process must call it at the same point).
+  In a single-process run, `flag`."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag))))))
+
+
 def config_digest(config) -> str:
   """A hash of the resolved config (its sorted JSON form)."""
   text = config.to_json_best_effort(sort_keys=True) if hasattr(config, "to_json_best_effort") else repr(config)
@@ -106,12 +115,15 @@ def _die_with_parent() -> None:
 
 def run_supervised(prog: str, argv: list[str]) -> int:
   """Runs `python -m dreamjax.<prog> argv` as a child (stdout shared; stderr passed through line by line until a
-  fault begins, then held back) and returns the exit status to end with. SIGINT/SIGTERM are forwarded to the child
-  (which saves, then stops). If the child ends abnormally and what it printed shows a lost peer, one line replaces
-  the held-back fault report; any other fault report is printed unchanged."""
+  fault begins, then held back) and returns the exit status to end with. The child has its own session, so a
+  terminal's Ctrl-C reaches it once, forwarded from here (SIGINT and SIGTERM are: the child saves, then stops; a
+  launcher that signals every process of the job reaches it twice, which stops it at once without that save). If
+  the child ends abnormally and what it printed shows a lost peer, one line replaces the held-back fault report;
+  any other fault report is printed unchanged."""
   env = dict(os.environ, **{SUPERVISED_ENV: "1"})
   child = subprocess.Popen([sys.executable, "-m", f"dreamjax.{prog}", *argv], env=env, stderr=subprocess.PIPE,
-                           text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent)
+                           text=True, errors="replace", bufsize=1, preexec_fn=_die_with_parent,
+                           start_new_session=True)
   forward = lambda signum, frame: child.send_signal(signum)
   previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
   held: list[str] = []

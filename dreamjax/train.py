@@ -198,11 +198,13 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
                                         size=config.train.preview_size)
           video.save_png(grid, workdir / "previews" / f"step_{done:06d}.png")
           writer.image(done, "preview", grid)
-        if stop.requested:
+        # With several processes all stop at the same step (a signal may reach them a step apart).
+        if distributed.any_process(stop.requested):
           ckpt.save(done, state, force=True)
           ckpt.wait()
-          raise stop_signals.Interrupted(f"stopped by {stop.requested} after step {done}; its checkpoint is saved "
-                                         f"in {workdir / 'checkpoints'}; continue with --resume")
+          raise stop_signals.Interrupted(f"stopped by {stop.requested or 'a signal to another process'} after step "
+                                         f"{done}; its checkpoint is saved in {workdir / 'checkpoints'}; continue "
+                                         "with --resume")
         ckpt.save(done, state, force=(done == end))
   finally:
     if bar:

@@ -28,7 +28,8 @@ EVERY = 4  # checkpoint interval
 FLAGS = ["--config", "configs/tiny.py", f"--config.train.num_steps={STEPS}", "--config.optim.warmup_steps=1",
          "--config.optim.eps=1e-6",
          "--config.render.height=8", "--config.render.width=8", "--config.render.num_coarse=8",
-         "--config.render.num_fine=8", "--config.train.preview_every=0", "--config.train.log_every=1",
+         "--config.render.num_fine=8", f"--config.train.preview_every={STEPS}", "--config.train.preview_size=16",
+         "--config.train.log_every=1",
          f"--config.train.checkpoint_every={EVERY}",
          "--config.train.grad_shares_every=0", "--config.export.video_frames=2", "--config.export.video_size=16",
          "--config.export.mesh_resolution=16"]
@@ -39,7 +40,8 @@ def _config(steps=STEPS):
   c = tiny.get_config()
   c.train.num_steps, c.optim.warmup_steps, c.optim.eps = steps, 1, 1e-6
   c.render.height = c.render.width = c.render.num_coarse = c.render.num_fine = 8
-  c.train.preview_every, c.train.log_every, c.train.grad_shares_every, c.train.checkpoint_every = 0, 1, 0, EVERY
+  c.train.preview_every, c.train.preview_size, c.train.log_every = STEPS, 16, 1
+  c.train.grad_shares_every, c.train.checkpoint_every = 0, EVERY
   c.export.video_frames, c.export.video_size, c.export.mesh_resolution = 2, 16, 16
   return c
 
@@ -116,8 +118,8 @@ def two_process_run(tmp_path_factory):
 def test_two_processes_match_one_process_of_four_devices(two_process_run, tmp_path):
   """2 processes × 2 devices run the tiny config for STEPS steps: the parameters of their checkpoint equal those of
   1 process × 4 devices to float tolerance (cameras and noise are keyed by global camera index); the checkpoint is
-  written once and a single process restores it (as export and --resume do); metrics and exports come from process
-  0 only (one metrics line per step)."""
+  written once and a single process restores it (as export and --resume do); metrics, previews and exports come
+  from process 0 only (one metrics line per step)."""
   wd, logs, codes, two_s = two_process_run
   errs = [(logs / f"{i}.err").read_text() for i in range(2)]
   assert codes == [0, 0], [e[-1500:] for e in errs]
@@ -128,8 +130,11 @@ def test_two_processes_match_one_process_of_four_devices(two_process_run, tmp_pa
   assert steps == list(range(1, STEPS + 1))
   assert (wd / "export" / "mesh.ply").exists() or "mesh export skipped" in errs[0]
   assert str(STEPS) in [p.name for p in (wd / "checkpoints").iterdir()]
-  two = ckpt_lib.restore_latest_params(wd)  # a single process (this one, 4 devices) reads it
+  assert (wd / "previews" / f"step_{STEPS:06d}.png").exists()
+  two = ckpt_lib.restore_latest_params(wd)  # a single process (this one, 4 devices) reads it, as export does
   assert two.step == STEPS
+  restored = ckpt_lib.Checkpointer(wd).restore_newest_readable(ts_lib.create(_config()))  # as --resume does
+  assert int(restored.step) == STEPS
 
   t0 = time.time()
   one = train.train_and_evaluate(_config(), tmp_path / "one", export=False, progress=False)
@@ -190,3 +195,28 @@ def test_processes_with_different_configs_stop_with_one_line(tmp_path):
     lines = _own_lines(e).splitlines()
     assert len(lines) == 1 and "the processes do not run the same config" in lines[0], e[-1500:]
   assert not (wd / "checkpoints").exists() and not (wd / "config.json").exists()
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  """SIGTERM to process 0 only: both processes save the same step and stop (exit 130, one line each), since the
+  stop is agreed on by all processes after every step."""
+  wd = tmp_path / "run"
+  procs = _launch(wd, tmp_path)
+  try:
+    deadline = time.time() + 240
+    while not (wd / "checkpoints" / str(EVERY)).is_dir():
+      assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint appeared"
+      time.sleep(0.05)
+    procs[0].send_signal(signal.SIGTERM)
+    codes = _wait(procs, timeout=120)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  errs = [_own_lines((tmp_path / f"{i}.err").read_text()).splitlines() for i in range(2)]
+  assert codes == [130, 130], errs
+  assert "stopped by SIGTERM after step" in errs[0][-1], errs[0]
+  assert "stopped by a signal to another process after step" in errs[1][-1], errs[1]
+  step = [int(e[-1].split("after step ")[1].split(";")[0]) for e in errs]
+  assert step[0] == step[1] < STEPS
+  assert (wd / "checkpoints" / str(step[0])).is_dir()
