@@ -6,6 +6,8 @@
 The workdir receives config.json, TensorBoard metrics (and metrics.jsonl), previews/step_XXXXXX.png, checkpoints/,
 and at the end export/turntable.mp4 and export/mesh.{obj,ply,glb}. A workdir with checkpoints is only continued with
 --resume, never overwritten.
+
+Several hosts: every process runs the same command with --multihost (README "Several hosts"; dreamjax/distributed.py).
 """
 
 from __future__ import annotations
@@ -258,7 +260,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Run directory (config, metrics, previews, checkpoints, exports).",
                       required=True)
   flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process TPU/GPU launches).")
+  flags.DEFINE_bool("multihost", False, "One run over several processes (TPU pod slices, multi-node GPU): every "
+                    "process runs this command; see README 'Several hosts'.")
   flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0's coordinator (default: "
                       "$JAX_COORDINATOR_ADDRESS, else JAX's cluster detection).")
   flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: $JAX_NUM_PROCESSES, else "
