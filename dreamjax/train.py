@@ -103,6 +103,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   """
   validate_config(config)
   distributed.check_same_config(config)
+  if config.train.parallel == "pmap" and jax.process_count() > 1:
+    raise ConfigError("config.train.parallel='pmap' runs over one process's devices; a --multihost run needs "
+                      "'shard_map' (the default)")
   step_lib.per_device_batch(config.render.batch, num_devices or jax.device_count())
   workdir = pathlib.Path(workdir)
   has_checkpoints = _has_checkpoints(workdir)
