@@ -99,6 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000  # checkpoint interval (steps)
   c.train.keep_checkpoints = 3  # checkpoints kept
   c.train.disable_jit = False  # debugging: run the step eagerly (chex.fake_pmap_and_jit)
+  # The wrapper of the per-device step: "shard_map" (jit(shard_map), the default: prior weights placed once,
+  # replicated, and one mesh over the devices of every process) or "pmap" (jax.pmap, this process's devices only;
+  # the same update, tested; since JAX 0.8 pmap is itself built on shard_map).
+  c.train.parallel = "shard_map"
   c.train.max_skip_streak = 50  # stop once this many updates in a row were skipped as non-finite
   c.train.grad_shares_every = 500  # log each loss term's gradient norm and share (costs ~1 step; 0 = off)
 

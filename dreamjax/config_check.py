@@ -141,7 +141,7 @@ def _fields() -> dict:
       "prior.dtype": Choice(DTYPES), "prior.attention": Choice(ATTENTION), "prior.remat_encoder": Flag(),
       "train.num_steps": COUNT, "train.log_every": COUNT, "train.preview_every": Int(0),
       "train.preview_size": Int(1, 4096), "train.checkpoint_every": COUNT, "train.keep_checkpoints": COUNT,
-      "train.disable_jit": Flag(), "train.max_skip_streak": COUNT,
+      "train.disable_jit": Flag(), "train.parallel": Choice(("shard_map", "pmap")), "train.max_skip_streak": COUNT,
       "train.grad_shares_every": Int(0),
       "distill.name": Choice(distill.RULES), "distill.guidance_scale": FINITE,
       "distill.cfg_form": Choice(distill.CFG_FORMS), "distill.weighting": Choice(distill.WEIGHTINGS),

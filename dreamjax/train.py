@@ -6,6 +6,8 @@
 The workdir receives config.json, TensorBoard metrics (and metrics.jsonl), previews/step_XXXXXX.png, checkpoints/,
 and at the end export/turntable.mp4 and export/mesh.{obj,ply,glb}. A workdir with checkpoints is only continued with
 --resume, never overwritten.
+
+Several hosts: every process runs the same command with --multihost (README "Several hosts"; dreamjax/distributed.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ml_collections
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import distributed
 from dreamjax import metrics_log
 from dreamjax import stop_signals
 from dreamjax import train_state as ts_lib
@@ -34,7 +37,7 @@ from dreamjax.nerf.scene import Scene
 # exports. Every other field shapes the trajectory and must match config.json.
 RESUMABLE_CHANGES = ("train.num_steps", "optim.total_steps", "train.log_every", "train.preview_every",
                      "train.preview_size", "train.checkpoint_every", "train.keep_checkpoints", "train.disable_jit",
-                     "train.max_skip_streak", "train.grad_shares_every", "export.")
+                     "train.parallel", "train.max_skip_streak", "train.grad_shares_every", "export.")
 SKIP_CHECK_EVERY = 10  # steps between reads of the non-finite-update streak (a device -> host sync)
 
 
@@ -99,6 +102,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   tests of --resume).
   """
   validate_config(config)
+  distributed.check_same_config(config)
+  if config.train.parallel == "pmap" and jax.process_count() > 1:
+    raise ConfigError("config.train.parallel='pmap' runs over one process's devices; a --multihost run needs "
+                      "'shard_map' (the default)")
   step_lib.per_device_batch(config.render.batch, num_devices or jax.device_count())
   workdir = pathlib.Path(workdir)
   has_checkpoints = _has_checkpoints(workdir)
@@ -196,11 +203,13 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
                                         size=config.train.preview_size)
           video.save_png(grid, workdir / "previews" / f"step_{done:06d}.png")
           writer.image(done, "preview", grid)
-        if stop.requested:
+        # With several processes all stop at the same step (a signal may reach them a step apart).
+        if distributed.any_process(stop.requested):
           ckpt.save(done, state, force=True)
           ckpt.wait()
-          raise stop_signals.Interrupted(f"stopped by {stop.requested} after step {done}; its checkpoint is saved "
-                                         f"in {workdir / 'checkpoints'}; continue with --resume")
+          raise stop_signals.Interrupted(f"stopped by {stop.requested or 'a signal to another process'} after step "
+                                         f"{done}; its checkpoint is saved in {workdir / 'checkpoints'}; continue "
+                                         "with --resume")
         ckpt.save(done, state, force=(done == end))
   finally:
     if bar:
@@ -240,8 +249,11 @@ def main(argv) -> None:
   f = flags.FLAGS
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}")
+  if f.multihost and not distributed.supervised():
+    sys.exit(distributed.run_supervised("train", sys.argv[1:]))
   if f.multihost:
-    jax.distributed.initialize()
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                           heartbeat_timeout_seconds=f.heartbeat_timeout)
   train_and_evaluate(cli.resolved_config(), f.workdir, resume=f.resume)
 
 
@@ -251,6 +263,15 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Run directory (config, metrics, previews, checkpoints, exports).",
                       required=True)
   flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
-  flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process TPU/GPU launches).")
+  flags.DEFINE_bool("multihost", False, "One run over several processes (TPU pod slices, multi-node GPU): every "
+                    "process runs this command; see README 'Several hosts'.")
+  flags.DEFINE_string("coordinator_address", None, "--multihost: host:port of process 0's coordinator (default: "
+                      "$JAX_COORDINATOR_ADDRESS, else JAX's cluster detection).")
+  flags.DEFINE_integer("num_processes", None, "--multihost: number of processes (default: $JAX_NUM_PROCESSES, else "
+                       "detected).")
+  flags.DEFINE_integer("process_id", None, "--multihost: this process's index, 0..num_processes-1 (default: "
+                       "$JAX_PROCESS_ID, else detected).")
+  flags.DEFINE_integer("heartbeat_timeout", 100, "--multihost: seconds after which a silent process counts as dead "
+                       "and the others stop.")
   cli.run(main, "train", errors=(ConfigError, ckpt_lib.CheckpointError, workdir_lib.WorkdirError, NonFiniteError),
           interrupted=(stop_signals.Interrupted,))

@@ -138,7 +138,11 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
-  """Places a pytree, replicated, on every device of the mesh."""
+  """Places a pytree, replicated, on every device of the mesh. With several processes every process passes the same
+  values and each places them on its own devices; arrays committed to one device (a restored checkpoint) go through
+  host memory first, since the CPU backend has no cross-host device transfers."""
+  if jax.process_count() > 1:
+    tree = jax.device_get(tree)
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
@@ -147,18 +151,36 @@ def make_train_step(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
   """The compiled step: (state, prior_params, text) -> (state, metrics), all replicated on `mesh`. The config is read
   here, once (`objective.StepSettings`).
 
-  Global batch = config.render.batch, split evenly over the mesh (`per_device_batch`). `config.train.disable_jit`
-  runs it eagerly
-  (debugging; `chex.fake_pmap_and_jit` semantics).
+  Global batch = config.render.batch, split evenly over the mesh (`per_device_batch`). `config.train.parallel`
+  chooses the wrapper of `device_step`: jit(shard_map) (default) or jax.pmap; both compute the same update.
+  `config.train.disable_jit` runs it eagerly (debugging; `chex.fake_pmap_and_jit` semantics).
   """
   settings = objective.StepSettings.from_config(config)
   per_device = per_device_batch(config.render.batch, mesh.devices.size)
   fn = lambda state, prior_params, text: device_step(state, prior_params, text, settings=settings, prior=prior,
                                                      tx=tx, batch_per_device=per_device)
+  if config.train.parallel == "pmap":
+    return _pmapped(fn, mesh, eager=config.train.disable_jit)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()), check_vma=False)
   if config.train.disable_jit:
     return _eager(mapped)
   return jax.jit(mapped, donate_argnums=(0,))
+
+
+def _pmapped(fn, mesh: jax.sharding.Mesh, eager: bool = False) -> Callable:
+  """`fn(state, prior_params, text)` (written with axis "data") under `jax.pmap` over the mesh's devices: the three
+  arguments broadcast to every device (in_axes None), results identical on every device (out_axes None). pmap needs
+  one mapped argument, so a device index rides along (unused: the step reads lax.axis_index)."""
+  devices = list(mesh.devices.flat)
+  if any(d.process_index != jax.process_index() for d in devices):
+    raise ConfigError("config.train.parallel='pmap' runs over this process's devices only; use 'shard_map' (the "
+                      "default) for a --multihost run")
+  mapped = jax.pmap(lambda state, prior_params, text, _: fn(state, prior_params, text), axis_name=AXIS,
+                    in_axes=(None, None, None, 0), out_axes=None, devices=devices)
+  index = np.arange(len(devices))
+  if eager:
+    return _eager(lambda state, prior_params, text: mapped(state, prior_params, text, index))
+  return lambda state, prior_params, text: mapped(state, prior_params, text, index)
 
 
 def _eager(fn):
