@@ -145,8 +145,10 @@ def os_error_line(e: OSError) -> str:
   return f"{where}{e.strerror or e}"
 
 
-def run(main: Callable[[list], None], prog: str, errors: tuple = (), interrupted: tuple = ()) -> None:
-  """Runs `main` under absl. Flag errors (the --config file checked to exist first), and exceptions of the types in
+def run(main: Callable[[list], None], prog: str, errors: tuple = (), interrupted: tuple = (),
+        takes_arguments: bool = False) -> None:
+  """Runs `main` under absl with absl's logging at WARNING, refusing positional arguments unless
+  `takes_arguments`. Flag errors (the --config file checked to exist first), and exceptions of the types in
   `errors` (plus ValueError, OSError and WeightsError) end as one line `<prog>: error: <message>` on stderr and exit
   status 2; Ctrl-C (KeyboardInterrupt, or an exception of the types in `interrupted`, which say what was saved)
   ends with one line and status 130."""
@@ -158,6 +160,10 @@ def run(main: Callable[[list], None], prog: str, errors: tuple = (), interrupted
   quiet_known_warnings()
 
   def wrapped(argv):
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save and restore at INFO
+    if len(argv) > 1 and not takes_arguments:
+      _fail(prog, f"unexpected arguments {argv[1:]}: every option is a --flag (see --help)")
     try:
       main(argv)
     except interrupted as e:

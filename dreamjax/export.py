@@ -82,11 +82,7 @@ def export_all(scene: Scene, params, settings: ExportSettings, *, step, out_dir)
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
   for name, low in (("frames", 1), ("size", 1), ("mesh_resolution", 8)):
     if f[name].value != 0 and f[name].value < low:
       raise ValueError(f"--{name} must be >= {low}, or 0 for the run's config (got {f[name].value})")

@@ -114,11 +114,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
   if any(not 0.0 <= float(m) <= 1.0 for m in f.uncond_mix):
     raise ValueError(f"--uncond_mix values must lie in [0, 1] (got {','.join(f.uncond_mix)})")
   archs = [a for a in f.arch.split(",") if a]

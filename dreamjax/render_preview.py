@@ -21,10 +21,6 @@ from dreamjax.nerf.scene import Scene
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs restores at INFO
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
   if flags.FLAGS.size < 1:
     raise ValueError(f"--size must be >= 1 pixels (got {flags.FLAGS.size})")
   workdir_lib.check_output_file(flags.FLAGS.out)

@@ -244,11 +244,7 @@ def _check_skip_streak(state, done: int, ckpt, limit: int) -> None:
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
   if f.multihost and not distributed.supervised():
     sys.exit(distributed.run_supervised("train", sys.argv[1:]))
   if f.multihost:

@@ -41,8 +41,6 @@ def write_outputs(prefix: str, markdown: str, json_text: str, command: str) -> N
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
   workdirs = list(f.workdirs) + list(argv[1:])  # `--workdirs runs/*`: the shell's expansion lands after the flag
   if not workdirs:
@@ -87,4 +85,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("method", "dreamjax", "The table row's name.")
   flags.DEFINE_string("out", "", "Also write OUT.md and OUT.json.")
   flags.DEFINE_string("renders_dir", "", "Save each run's evaluation renders here (PNG: Color row, Geo row).")
-  cli.run(main, "evaluate", errors=(harness.EvalError, ckpt_lib.CheckpointError))
+  cli.run(main, "evaluate", errors=(harness.EvalError, ckpt_lib.CheckpointError), takes_arguments=True)

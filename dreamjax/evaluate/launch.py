@@ -71,11 +71,7 @@ def state_of(workdir: pathlib.Path, num_steps: int) -> str:
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = cli.resolved_config()
   train.validate_config(config, require_prompt=False)  # the prompts come from the caption set
   shard = parse_shard(f.shard)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 import time
 
 import jax
@@ -105,11 +106,7 @@ def table(scores: list[Score]) -> str:
 
 def main(argv) -> None:
   from absl import flags
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}")
   if f.steps < 0:
     raise ValueError(f"--steps must be >= 1, or 0 for the config's train.num_steps (got {f.steps})")
   config = cli.resolved_config()
@@ -137,7 +134,7 @@ def main(argv) -> None:
   if f.out:
     out = pathlib.Path(f.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Toy R-precision\n\nCommand: `python -m dreamjax.toy.evaluate {' '.join(argv[1:])}`\n\n"
+    out.write_text(f"# Toy R-precision\n\nCommand: `python -m dreamjax.toy.evaluate {' '.join(sys.argv[1:])}`\n\n"
                    f"{text}\n")
 
 
