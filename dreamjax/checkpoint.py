@@ -7,6 +7,7 @@ continued (`resume=True`), never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -102,8 +103,10 @@ class Checkpointer:
         continue
       for bad, error in failed:
         aside = self.directory.parent / "corrupt_checkpoints" / str(bad)
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(self.directory / str(bad), aside)
+        if jax.process_index() == 0:  # one process moves it (a --multihost run shares the folder)
+          aside.parent.mkdir(exist_ok=True)
+          with contextlib.suppress(FileNotFoundError):
+            os.replace(self.directory / str(bad), aside)
         reason = str(error).split(": ", 1)[-1].split(". See full TensorStore", 1)[0][:160]
         report(f"dreamjax: warning: checkpoint step {bad} is unreadable ({reason}); moved it to {aside}; "
                f"resuming from step {step}")

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import pathlib
+import socket
 from typing import Iterator
 
 from dreamjax import files
@@ -35,11 +36,13 @@ def probe(path: pathlib.Path, flag: str = "--workdir") -> list[pathlib.Path]:
       where = "is a file" if parent == path else f"lies under {parent}, which is a file"
       raise WorkdirError(f"{flag} {path} {where}; choose a folder path")
   missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+  # One probe file per process: the processes of a --multihost run probe the same shared folder at once.
+  probe_file = path / f".dreamjax.probe.{socket.gethostname()}.{os.getpid()}"
   try:
     path.mkdir(parents=True, exist_ok=True)
-    with files.atomic_write(path / ".dreamjax.probe", "w") as f:
+    with files.atomic_write(probe_file, "w") as f:
       f.write("probe")
-    os.remove(path / ".dreamjax.probe")
+    os.remove(probe_file)
   except OSError as e:
     remove_empty(missing)
     raise WorkdirError(f"{flag} {path} is not writable ({e.strerror or e}); choose a folder you can write to") \
