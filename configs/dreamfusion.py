@@ -78,6 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.orient_end = 1e-2  # ... ramped linearly to 1e-2 ...
   c.loss.orient_ramp_frac = 1 / 3  # ... over the first third of training
   c.loss.opacity = 1e-3  # opacity loss sqrt(alpha^2 + 0.01) weight (DF range 1e-3 .. 5e-3)
+  c.loss.reduction = "sum"  # per-ray regularisers summed over a camera's rays ("mean": averaged)
+  # SJC's regularisers (dreamjax/regularisers.py; off here, on in configs/sjc.py): emptiness mean log(1 + B w) ...
+  c.loss.emptiness = 0.0  # ... weight (SJC: 1e4) ...
+  c.loss.emptiness_multiplier = 20.0  # ... multiplied by this ...
+  c.loss.emptiness_step_frac = 0.5  # ... after this fraction of the steps (SJC: x20 after half)
+  c.loss.emptiness_scale = 10.0  # B (SJC's emptiness_scale)
+  c.loss.center_depth = 0.0  # SJC's centre-depth loss weight (SJC: 0; 10, 50 or 100 for some prompts)
+  c.loss.center_depth_border = 7 / 64  # border around the centre window, a fraction of the side (SJC: 7 of 64 px)
 
   c.prior = ml_collections.ConfigDict()
   c.prior.kind = "stable_diffusion"  # 'stable_diffusion' | 'toy' (offline pixel prior shipped with the package)

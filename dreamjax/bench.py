@@ -89,8 +89,8 @@ def phase_functions(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
       k_view, k_render = jax.random.split(key)
       view = cam_lib.sample_view(s.view, k_view, step, s.scene.width)
       out = objective.render_view(s.scene, p, view, k_render, step)
-      return (0.5 * jnp.sum(jnp.square(out["rgb"])) + s.loss.orient(step) * jnp.mean(out["loss_orient"])
-              + s.loss.opacity * jnp.mean(out["loss_opacity"]))
+      return (0.5 * jnp.sum(jnp.square(out["rgb"])) + s.loss.orient(step) * s.loss.over_rays(out["loss_orient"])
+              + s.loss.opacity * s.loss.over_rays(out["loss_opacity"]))
     return jax.value_and_grad(lambda p: jnp.mean(jax.vmap(lambda k: camera(p, k))(keys)))(params)
 
   def encode(prior_params, images, keys, ct):

@@ -61,11 +61,11 @@ def _to_config(data: Any) -> Any:
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one workdir."""
 
-  def __init__(self, workdir, every: int = 1000, keep: int = 3):
+  def __init__(self, workdir, every: int = 1000, keep: int = 3, read_only: bool = False):
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
-                                                             create=True))
+                                                             create=not read_only, read_only=read_only))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -138,6 +138,17 @@ def restore_latest_params(workdir) -> RestoredRun:
     raise CheckpointError(f"no checkpoint in {ckpt.directory}")
   state = ckpt.restore(ts_lib.create(config))
   ckpt.close()
+  return RestoredRun(params=state.params, step=int(state.step), config=config)
+
+
+def restore_params_read_only(workdir, config: ml_collections.ConfigDict, step: int | None = None) -> RestoredRun:
+  """Scene parameters of checkpoint `step` (default: the latest) of a run, opened read-only: nothing in the run's
+  folder is created, moved or deleted (the source of an edit)."""
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    state = ckpt.restore(ts_lib.create(config), step)
+  finally:
+    ckpt.close()
   return RestoredRun(params=state.params, step=int(state.step), config=config)
 
 

@@ -136,7 +136,10 @@ def _fields() -> dict:
       "render.num_fine": COUNT, "render.resample_padding": NON_NEGATIVE, "render.ray_chunks": COUNT,
       "render.random_background_prob": PROB,
       "loss.orient_start": NON_NEGATIVE, "loss.orient_end": NON_NEGATIVE, "loss.orient_ramp_frac": PROB,
-      "loss.opacity": NON_NEGATIVE,
+      "loss.opacity": NON_NEGATIVE, "loss.reduction": Choice(("sum", "mean")),
+      "loss.emptiness": NON_NEGATIVE, "loss.emptiness_multiplier": NON_NEGATIVE, "loss.emptiness_step_frac": PROB,
+      "loss.emptiness_scale": POSITIVE, "loss.center_depth": NON_NEGATIVE,
+      "loss.center_depth_border": Number(0.0, 0.5, open_hi=True),
       "prior.kind": Choice(PRIOR_KINDS), "prior.model": Text(), "prior.revision": Text(), "prior.variant": Text(),
       "prior.dtype": Choice(DTYPES), "prior.attention": Choice(ATTENTION), "prior.remat_encoder": Flag(),
       "train.num_steps": COUNT, "train.log_every": COUNT, "train.preview_every": Int(0),
@@ -147,6 +150,7 @@ def _fields() -> dict:
       "distill.cfg_form": Choice(distill.CFG_FORMS), "distill.weighting": Choice(distill.WEIGHTINGS),
       "distill.t_min": PROB, "distill.t_max": PROB, "distill.clip": NON_NEGATIVE,
       "distill.nfsd_t_threshold": Int(0), "distill.sjc_var_red": Flag(), "distill.negative_prompt": Text(),
+      "distill.pds_steps": Int(2, 100000),
       "optim.name": Choice(optim.OPTIMIZERS), "optim.lr_init": LEARNING_RATE, "optim.lr_peak": LEARNING_RATE,
       "optim.lr_end": LEARNING_RATE, "optim.warmup_steps": Int(0), "optim.total_steps": COUNT,
       "optim.beta1": Number(0.0, 1.0, open_hi=True), "optim.beta2": Number(0.0, 1.0),
@@ -158,11 +162,17 @@ def _fields() -> dict:
       "export.video_elevation": Number(-90.0, 90.0), "export.video_distance": POSITIVE,
       "export.video_focal": POSITIVE, "export.mesh_resolution": Int(8, 1024), "export.mesh_threshold": NON_NEGATIVE,
       "export.mesh_formats": Choice(("obj", "ply", "glb"), many=True),
+      # An edit's run (python -m dreamjax.edit) only; OPTIONAL_SECTIONS.
+      "edit.source": Text(), "edit.source_prompt": Text(), "edit.source_step": Int(0), "edit.num_steps": Int(0),
   }
+
+
+OPTIONAL_SECTIONS = ("edit",)  # sections that only some runs have; when present, all their fields are checked
 
 
 def _cross_field_rules() -> Sequence[tuple[Callable[[Any], bool], str]]:
   """(holds(config), message) pairs between fields."""
+  from dreamjax import distill
   return (
       (lambda c: c.prompt.strip() != "", "config.prompt is empty: pass --config.prompt=\"a DSLR photo of a "
        "hamburger\""),
@@ -171,6 +181,9 @@ def _cross_field_rules() -> Sequence[tuple[Callable[[Any], bool], str]]:
       (lambda c: c.optim.warmup_steps <= c.optim.total_steps, "config.optim.warmup_steps ({c.optim.warmup_steps}) "
        "must be <= the schedule length config.optim.total_steps ({c.optim.total_steps})"),
       (lambda c: c.optim.lr_peak > 0, "config.optim.lr_peak must be > 0 (got {c.optim.lr_peak})"),
+      (lambda c: c.distill.name not in distill.EDIT_RULES or c.get("edit") is not None,
+       "config.distill.name {c.distill.name!r} edits an existing run: use python -m dreamjax.edit --source RUN "
+       "--method {c.distill.name} (python -m dreamjax.train takes sds, nfsd or sjc)"),
       (lambda c: c.render.num_fine >= 1 and c.render.num_coarse >= 1, "config.render.num_coarse/num_fine must "
        "be >= 1"),
   )
@@ -195,7 +208,10 @@ def check(config, require_prompt: bool = True) -> None:
   unknown = sorted(set(values) - set(fields))
   if unknown:
     raise ConfigError(f"config.{unknown[0]} is not a field dreamjax knows; remove it or check its spelling")
+  present = {name.split(".")[0] for name in values}
   for name, spec in fields.items():
+    if name.split(".")[0] in OPTIONAL_SECTIONS and name.split(".")[0] not in present:
+      continue
     if name not in values:
       raise ConfigError(f"config.{name} is missing; start from a config in configs/ (they all import "
                         "configs/dreamfusion.py)")

@@ -39,7 +39,13 @@ RULE_DEFAULTS: Dict[str, Dict[str, Any]] = {
     'nfsd': dict(guidance_scale=7.5, cfg_form='diffusers', weighting='sds', t_min=0.02, t_max=0.98),
     # SJC: s = 100 in diffusers form, no time weighting (PAAS grad is (D - y) / sigma), t in [10, 970].
     'sjc': dict(guidance_scale=100.0, cfg_form='diffusers', weighting='uniform', t_min=0.01, t_max=0.97),
+    # Editing rules (dreamjax/edit_rules.py; they need a frozen source scene: `python -m dreamjax.edit`).
+    # DDS: the official notebook's CFG 7.5 (diffusers form), w = 1, t ~ randint(50, 950) i.e. t in 50..949.
+    'dds': dict(guidance_scale=7.5, cfg_form='diffusers', weighting='uniform', t_min=0.05, t_max=0.949),
+    # PDS: CFG 100 (diffusers form), no w(t); t_min / t_max are fractions of the pds_steps-step schedule (0.02..0.98).
+    'pds': dict(guidance_scale=100.0, cfg_form='diffusers', weighting='uniform', t_min=0.02, t_max=0.98),
 }
+EDIT_RULES = ('dds', 'pds')
 RULES = tuple(RULE_DEFAULTS)
 CFG_FORMS = ('paper', 'diffusers')
 WEIGHTINGS = ('sds', 'uniform')
@@ -60,7 +66,9 @@ def default_distill_config(name: str = 'sds') -> ml_collections.ConfigDict:
   """
   d = RULE_DEFAULTS[check_rule_name(name)]
   cfg = ml_collections.ConfigDict()
-  cfg.name = name  # Rule: 'sds' (DreamFusion), 'nfsd' (noise-free score distillation) or 'sjc' (SJC PAAS, VE form).
+  # Rule: 'sds' (DreamFusion), 'nfsd' (noise-free score distillation), 'sjc' (SJC PAAS, VE form); editing only
+  # (python -m dreamjax.edit): 'dds' (delta denoising score), 'pds' (posterior distillation sampling).
+  cfg.name = name
   # CFG scale: omega in the 'paper' form, s in the 'diffusers' form (sds: 100 paper; nfsd: 7.5; sjc: 100 diffusers).
   cfg.guidance_scale = d['guidance_scale']
   # 'paper': (1+w) eps_c - w eps_u; 'diffusers': eps_u + s (eps_c - eps_u). NFSD's delta_D + s delta_C is of
@@ -79,6 +87,8 @@ def default_distill_config(name: str = 'sds') -> ml_collections.ConfigDict:
   cfg.sjc_var_red = True
   # NFSD negative prompt; its embedding is the `neg` text embedding (only nfsd uses it).
   cfg.negative_prompt = NFSD_NEGATIVE_PROMPT
+  # PDS: steps of its discrete schedule (PDS: 500, t_prev one step before t); t_min / t_max index its fractions.
+  cfg.pds_steps = 500
   return cfg
 
 
@@ -95,6 +105,7 @@ class Rule:
   nfsd_t_threshold: int = 200
   sjc_var_red: bool = True
   negative_prompt: str = NFSD_NEGATIVE_PROMPT
+  pds_steps: int = 500
 
   def __post_init__(self):
     check_rule_name(self.name)
@@ -109,7 +120,8 @@ class Rule:
     return cls(name=cfg.name, guidance_scale=float(cfg.guidance_scale), cfg_form=cfg.cfg_form,
                weighting=cfg.weighting, t_min=float(cfg.t_min), t_max=float(cfg.t_max),
                clip=float(cfg.clip) if cfg.clip else None, nfsd_t_threshold=int(cfg.nfsd_t_threshold),
-               sjc_var_red=bool(cfg.sjc_var_red), negative_prompt=cfg.negative_prompt)
+               sjc_var_red=bool(cfg.sjc_var_red), negative_prompt=cfg.negative_prompt,
+               pds_steps=int(cfg.get('pds_steps', 500)))
 
   @classmethod
   def default(cls, name: str = 'sds', **overrides) -> 'Rule':
@@ -123,9 +135,14 @@ class Rule:
     return self.name == 'nfsd'
 
   @property
+  def is_edit(self) -> bool:
+    """Whether the rule edits a source scene (DDS, PDS: `edit_rules.edit_step`) rather than generating."""
+    return self.name in EDIT_RULES
+
+  @property
   def cfg_batch(self) -> int:
-    """UNet evaluations per sample: cond + uncond (+ negative)."""
-    return 3 if self.needs_negative else 2
+    """UNet evaluations per sample: cond + uncond (+ negative); an edit: both for the target and the source."""
+    return 4 if self.is_edit else (3 if self.needs_negative else 2)
 
 
 def sample_timesteps(rng: jax.Array, batch: int, num_train_timesteps: int, t_min: float = 0.02,
@@ -153,7 +170,7 @@ def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float, form: s
   raise ValueError(f'Unknown CFG form {form!r}; expected "paper" or "diffusers".')
 
 
-def _bcast(a: jax.Array, like: jax.Array) -> jax.Array:
+def bcast_per_sample(a: jax.Array, like: jax.Array) -> jax.Array:
   """Reshapes a per-sample [B] array to [B, 1, ..., 1] to broadcast against `like` [B, ...]."""
   a = jnp.asarray(a)
   return jnp.reshape(a, a.shape + (1,) * (like.ndim - a.ndim))
@@ -169,7 +186,7 @@ def time_weight(abar_t: jax.Array, weighting: str = 'sds') -> jax.Array:
   raise ValueError(f'Unknown weighting {weighting!r}; expected "sds" or "uniform".')
 
 
-def _finish(g: jax.Array, clip: Optional[float], sanitize: bool = True) -> jax.Array:
+def finish_grad(g: jax.Array, clip: Optional[float], sanitize: bool = True) -> jax.Array:
   """The optional elementwise clamp to [-clip, clip], then (with `sanitize`) nan_to_num. (NaN survives the clamp and
   becomes 0; +-inf becomes +-clip, or +-max float without a clamp.) `distill_step` passes sanitize=False to count
   the non-finite entries first."""
@@ -183,8 +200,8 @@ def sds_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t:
              sanitize: bool = True) -> jax.Array:
   """SDS (DreamFusion Eq. 3): g = w(t) (eps_hat - eps). eps_* [B, ...]; abar_t [B]. Returns g [B, ...]."""
   eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
-  w = _bcast(time_weight(abar_t, weighting), eps_hat)
-  return _finish(w * (eps_hat - eps), clip, sanitize)
+  w = bcast_per_sample(time_weight(abar_t, weighting), eps_hat)
+  return finish_grad(w * (eps_hat - eps), clip, sanitize)
 
 
 def nfsd_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array, t: jax.Array, abar_t: jax.Array,
@@ -201,10 +218,10 @@ def nfsd_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps_neg: jax.Array, t:
     raise ValueError(f'Unknown CFG form {form!r}; expected "paper" or "diffusers".')
   s = scale + 1.0 if form == 'paper' else scale
   delta_c = eps_cond - eps_uncond
-  small_t = _bcast(jnp.asarray(t) < t_threshold, eps_uncond)
+  small_t = bcast_per_sample(jnp.asarray(t) < t_threshold, eps_uncond)
   delta_d = jnp.where(small_t, eps_uncond, eps_uncond - eps_neg)
-  w = _bcast(time_weight(abar_t, weighting), eps_uncond)
-  return _finish(w * (delta_d + s * delta_c), clip, sanitize)
+  w = bcast_per_sample(time_weight(abar_t, weighting), eps_uncond)
+  return finish_grad(w * (delta_d + s * delta_c), clip, sanitize)
 
 
 def sjc_sigma(abar_t: jax.Array) -> jax.Array:
@@ -232,8 +249,8 @@ def sjc_grad(eps_cond: jax.Array, eps_uncond: jax.Array, eps: jax.Array, abar_t:
   """
   eps_hat = guided_eps(eps_cond, eps_uncond, scale, form)
   ascent = (eps - eps_hat) if var_red else -eps_hat
-  w = _bcast(time_weight(abar_t, weighting), eps_hat)
-  return _finish(-w * ascent, clip, sanitize)
+  w = bcast_per_sample(time_weight(abar_t, weighting), eps_hat)
+  return finish_grad(-w * ascent, clip, sanitize)
 
 
 def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, rng: jax.Array, emb_cond: jax.Array,
@@ -255,6 +272,8 @@ def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, r
   The UNet sees `stop_gradient(z_t)` and `stop_gradient(prior_params)`, so differentiating anything built from g
   never differentiates the UNet: its backward pass is never formed.
   """
+  if rule.is_edit:
+    raise ValueError(f'rule {rule.name!r} edits a source scene: use edit_rules.edit_step (python -m dreamjax.edit)')
   batch = z.shape[0]
   abar_all = jnp.asarray(prior.alphas_cumprod, dtype=jnp.float32)
   k_t, k_eps = jax.random.split(rng)
@@ -262,7 +281,7 @@ def distill_step(rule: Rule, prior: Prior, prior_params: PyTree, z: jax.Array, r
   abar_t = abar_all[t]
   compute_dtype = jnp.promote_types(z.dtype, jnp.float32)
   noise = jax.random.normal(k_eps, z.shape, compute_dtype)
-  a = _bcast(abar_t, z)
+  a = bcast_per_sample(abar_t, z)
   z_t = jnp.sqrt(a) * z.astype(compute_dtype) + jnp.sqrt(1.0 - a) * noise
   z_t = jax.lax.stop_gradient(z_t)
 

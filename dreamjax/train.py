@@ -19,12 +19,15 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
 from dreamjax import config_check
 from dreamjax import distributed
+from dreamjax import edit_objective
 from dreamjax import metrics_log
+from dreamjax import objective
 from dreamjax import stop_signals
 from dreamjax import train_state as ts_lib
 from dreamjax import train_step as step_lib
@@ -89,7 +92,7 @@ def _has_checkpoints(workdir: pathlib.Path) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bool = False, prior=None,
                        num_devices: int | None = None, export: bool = True, progress: bool = True,
-                       stop_after: int | None = None, optimizer=None):
+                       stop_after: int | None = None, optimizer=None, source_params=None):
   """Runs (or continues) a run in `workdir`. Returns the final TrainState.
 
   Everything that can be checked is checked before anything loads: the config (every field), the workdir (a
@@ -99,8 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
 
   `prior` overrides config.prior and `optimizer` config.optim (tests); `num_devices` limits the devices used;
   `stop_after` ends the loop after that many steps as if the run had been interrupted (a checkpoint is written;
-  tests of --resume).
+  tests of --resume). `source_params` makes the run an edit (`python -m dreamjax.edit`): the frozen source scene,
+  described by config.edit, is the starting point and, for DDS / PDS, the reference rendered beside every camera.
   """
+  if (source_params is None) != ("edit" not in config):
+    raise ConfigError("an edit needs both config.edit and the source parameters: run python -m dreamjax.edit")
   validate_config(config)
   distributed.check_same_config(config)
   if config.train.parallel == "pmap" and jax.process_count() > 1:
@@ -116,11 +122,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, resume: bo
   is_main = jax.process_index() == 0
   with workdir_lib.claim(workdir, lock=is_main):
     return _run(config, workdir, resume=resume, changed=changed, prior=prior, num_devices=num_devices,
-                export=export, progress=progress, stop_after=stop_after, is_main=is_main, optimizer=optimizer)
+                export=export, progress=progress, stop_after=stop_after, is_main=is_main, optimizer=optimizer,
+                source_params=source_params)
 
 
 def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, export, progress, stop_after,
-         is_main, optimizer):
+         is_main, optimizer, source_params):
   from dreamjax import export as export_lib
   from dreamjax import video
   from dreamjax.priors.load import load_prior
@@ -133,7 +140,15 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
     if unknown:
       print(f"dreamjax: warning: the toy prior does not know {', '.join(map(repr, unknown))}; those words carry no "
             f"meaning (toy prompts: `python -m dreamjax.toy.shapes`)", flush=True)
-  text = step_lib.text_embeddings(prior, config, warn=lambda line: is_main and print(line, flush=True))
+  warn = lambda line: is_main and print(line, flush=True)
+  text = step_lib.text_embeddings(prior, config, warn=warn)
+  terms = objective.camera_terms
+  if source_params is not None:
+    source_config = config.copy_and_resolve_references()
+    source_config.prompt = config.edit.source_prompt
+    text = edit_objective.EditInputs(text=text, source_text=step_lib.text_embeddings(prior, source_config, warn=warn),
+                                     source_params=source_params)
+    terms = edit_objective.camera_terms
 
   if is_main and (changed or not ckpt_lib.config_path(workdir).exists()):
     ckpt_lib.save_config(workdir, config)
@@ -142,8 +157,13 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
   ckpt = ckpt_lib.Checkpointer(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
   tx = optimizer or ts_lib.make_optimizer(config)
   state = ts_lib.create(config, tx)
+  restored = None
   if resume:
-    state = ckpt.restore_newest_readable(state, report=lambda line: is_main and print(line, flush=True)) or state
+    restored = ckpt.restore_newest_readable(state, report=lambda line: is_main and print(line, flush=True))
+    state = restored or state
+  if source_params is not None and restored is None:  # an edit starts from a copy of the source scene (its own
+    params = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), source_params)  # buffers: the step donates them)
+    state = state.replace(params=params, opt_state=tx.init(params))
   start = int(jax.device_get(state.step))
   if is_main:
     metrics_log.repair(workdir / metrics_log.FILE_NAME, keep_through_step=start)
@@ -155,17 +175,20 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
   prior_params = step_lib.replicate(prior.params, mesh)
   text = step_lib.replicate(text, mesh)
   state = step_lib.replicate(state, mesh)
-  train_step = step_lib.make_train_step(config, prior, tx, mesh)
+  train_step = step_lib.make_train_step(config, prior, tx, mesh, terms=terms)
   shares_every = config.train.grad_shares_every
-  gradient_shares = step_lib.make_gradient_shares(config, prior, mesh) if shares_every else None
+  gradient_shares = step_lib.make_gradient_shares(config, prior, mesh, terms=terms) if shares_every else None
   scene = Scene.from_config(config)
   orbit = visualize.Orbit.from_config(config)
+  source_grid = None
 
   writer = metrics_log.MetricWriter(workdir) if is_main else None
   total = config.train.num_steps
   end = total if stop_after is None else min(total, stop_after)
   if is_main:
-    print(f"dreamjax: {config.prompt!r}: steps {start}..{total} on {n_dev} device(s) "
+    what = (f"edit of {config.edit.source} ({config.edit.source_prompt!r}, step {config.edit.source_step}) by "
+            f"{config.distill.name} toward " if source_params is not None else "")
+    print(f"dreamjax: {what}{config.prompt!r}: steps {start}..{total} on {n_dev} device(s) "
           f"({jax.devices()[0].platform}), global batch {config.render.batch} "
           f"({step_lib.per_device_batch(config.render.batch, n_dev)} per device), workdir {workdir}",
           flush=True)
@@ -201,6 +224,11 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
         if is_main and config.train.preview_every and (done % config.train.preview_every == 0 or done == total):
           grid = visualize.preview_grid(scene, jax.device_get(state.params), orbit, step=done,
                                         size=config.train.preview_size)
+          if source_params is not None:  # an edit: the source scene on the left, the edit on the right
+            if source_grid is None:
+              source_grid = visualize.preview_grid(scene, jax.device_get(source_params), orbit, step=done,
+                                                   size=config.train.preview_size)
+            grid = visualize.side_by_side(source_grid, grid)
           video.save_png(grid, workdir / "previews" / f"step_{done:06d}.png")
           writer.image(done, "preview", grid)
         # With several processes all stop at the same step (a signal may reach them a step apart).

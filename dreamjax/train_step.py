@@ -1,4 +1,4 @@
-"""The data-parallel DreamFusion train step: per camera `objective.camera_loss` (render -> prior latents ->
+"""The data-parallel DreamFusion train step: per camera `objective.camera_terms` (render -> prior latents ->
 distillation -> regularisers), then gradients averaged over devices -> non-finite guard -> optimiser update, compiled
 as one function.
 
@@ -44,13 +44,20 @@ def _camera_keys(state: ts_lib.TrainState, batch_per_device: int) -> jnp.ndarray
 
 
 def device_step(state: ts_lib.TrainState, prior_params, text: TextEmbeddings, *, settings: objective.StepSettings,
-                prior, tx, batch_per_device: int):
-  """One step on one device (inside shard_map over axis "data"). Returns (new state, metrics)."""
+                prior, tx, batch_per_device: int, terms: Callable = objective.camera_terms):
+  """One step on one device (inside shard_map over axis "data"). Returns (new state, metrics).
+
+  `terms(settings, prior, params, prior_params, text, key, step)` gives one camera's weighted loss terms and metrics
+  (`objective.camera_terms`; an edit's `edit_objective.camera_terms`, whose `text` is an `EditInputs`)."""
   keys = _camera_keys(state, batch_per_device)
 
+  def camera_loss(params, key):
+    t, metrics = terms(settings, prior, params, prior_params, text, key, state.step)
+    loss = sum(t[name] for name in objective.TERMS)
+    return loss, {"loss": loss} | metrics
+
   def loss_fn(params):
-    loss_of = lambda k: objective.camera_loss(settings, prior, params, prior_params, text, k, state.step)
-    losses, metrics = jax.vmap(loss_of)(keys)
+    losses, metrics = jax.vmap(lambda k: camera_loss(params, k))(keys)
     return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, metrics)
 
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -94,7 +101,8 @@ def per_device_batch(batch: int, num_devices: int) -> int:
 
 
 def device_gradient_shares(state: ts_lib.TrainState, prior_params, text: TextEmbeddings, *,
-                           settings: objective.StepSettings, prior, batch_per_device: int) -> dict:
+                           settings: objective.StepSettings, prior, batch_per_device: int,
+                           terms: Callable = objective.camera_terms) -> dict:
   """Each weighted loss term's gradient on the scene parameters at the cameras step `state.step` draws: its norm
   'grad_term_norm/<term>' and its share 'grad_share/<term>' = norm / (sum of the terms' norms), so the shares sum
   to 1 and a term with weight 0 has share 0. (One forward pass, one backward pass per term; on one device inside
@@ -102,14 +110,13 @@ def device_gradient_shares(state: ts_lib.TrainState, prior_params, text: TextEmb
   keys = _camera_keys(state, batch_per_device)
 
   def terms_fn(params):
-    terms, _ = jax.vmap(lambda k: objective.camera_terms(settings, prior, params, prior_params, text, k,
-                                                         state.step))(keys)
-    return {name: jnp.mean(v) for name, v in terms.items()}
+    values, _ = jax.vmap(lambda k: terms(settings, prior, params, prior_params, text, k, state.step))(keys)
+    return {name: jnp.mean(v) for name, v in values.items()}
 
-  terms, pullback = jax.vjp(terms_fn, state.params)
+  values, pullback = jax.vjp(terms_fn, state.params)
   norms = {}
   for name in objective.TERMS:
-    cotangent = {n: jnp.asarray(n == name, v.dtype) for n, v in terms.items()}
+    cotangent = {n: jnp.asarray(n == name, v.dtype) for n, v in values.items()}
     (grads,) = pullback(cotangent)
     norms[name] = _tree_norm(jax.lax.pmean(grads, AXIS))
   total = sum(norms.values())
@@ -118,12 +125,14 @@ def device_gradient_shares(state: ts_lib.TrainState, prior_params, text: TextEmb
           {f"grad_share/{n}": v / safe_total for n, v in norms.items()})
 
 
-def make_gradient_shares(config: ml_collections.ConfigDict, prior, mesh: jax.sharding.Mesh) -> Callable:
+def make_gradient_shares(config: ml_collections.ConfigDict, prior, mesh: jax.sharding.Mesh,
+                         terms: Callable = objective.camera_terms) -> Callable:
   """The compiled `device_gradient_shares`: (state, prior_params, text) -> metrics, replicated on `mesh`."""
   settings = objective.StepSettings.from_config(config)
   per_device = per_device_batch(config.render.batch, mesh.devices.size)
   fn = lambda state, prior_params, text: device_gradient_shares(state, prior_params, text, settings=settings,
-                                                                prior=prior, batch_per_device=per_device)
+                                                                prior=prior, batch_per_device=per_device,
+                                                                terms=terms)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(), check_vma=False)
   return _eager(mapped) if config.train.disable_jit else jax.jit(mapped)
 
@@ -147,7 +156,8 @@ def replicate(tree, mesh: jax.sharding.Mesh):
 
 
 def make_train_step(config: ml_collections.ConfigDict, prior, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh) -> Callable[[ts_lib.TrainState, Any, TextEmbeddings], tuple]:
+                    mesh: jax.sharding.Mesh, terms: Callable = objective.camera_terms
+                    ) -> Callable[[ts_lib.TrainState, Any, TextEmbeddings], tuple]:
   """The compiled step: (state, prior_params, text) -> (state, metrics), all replicated on `mesh`. The config is read
   here, once (`objective.StepSettings`).
 
@@ -158,7 +168,7 @@ def make_train_step(config: ml_collections.ConfigDict, prior, tx: optax.Gradient
   settings = objective.StepSettings.from_config(config)
   per_device = per_device_batch(config.render.batch, mesh.devices.size)
   fn = lambda state, prior_params, text: device_step(state, prior_params, text, settings=settings, prior=prior,
-                                                     tx=tx, batch_per_device=per_device)
+                                                     tx=tx, batch_per_device=per_device, terms=terms)
   if config.train.parallel == "pmap":
     return _pmapped(fn, mesh, eager=config.train.disable_jit)
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P()), out_specs=(P(), P()), check_vma=False)

@@ -70,3 +70,13 @@ def preview_grid(scene: Scene, params, orbit: Orbit, *, step, size: int = 96, nu
   panels = render_panels(scene, params, orbit.cameras(num_views, size), step=step, size=size,
                          distance=orbit.distance)
   return video.image_grid(panels.reshape((-1,) + panels.shape[2:]), rows=num_views, cols=len(COLUMNS))
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8, value: float = 1.0) -> np.ndarray:
+  """Two images [H, W1, C] and [H, W2, C] next to each other with a `gap`-pixel column of `value` between them
+  (an edit's preview: source | edit). Returns [H, W1 + gap + W2, C]."""
+  left, right = np.asarray(left), np.asarray(right)
+  if left.shape[0] != right.shape[0] or left.shape[2:] != right.shape[2:]:
+    raise ValueError(f"side_by_side needs equal heights and channels, got {left.shape} and {right.shape}")
+  column = np.full((left.shape[0], gap) + left.shape[2:], value, left.dtype)
+  return np.concatenate([left, column, right.astype(left.dtype)], axis=1)

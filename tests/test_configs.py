@@ -8,7 +8,7 @@ import pytest
 from dreamjax import train
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
-                 if not p.stem.startswith("_"))
+                 if not p.stem.startswith(("_", "edit_")))  # edit_*: overlays of python -m dreamjax.edit
 
 
 @pytest.mark.parametrize("name", CONFIGS)

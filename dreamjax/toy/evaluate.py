@@ -5,6 +5,10 @@ several azimuths. The independent (shape, colour) classifier (dreamjax/toy/class
   * Color: shaded colour renders; a view counts when both the intended shape and colour win (single objects).
   * Geo:   textureless renders (geometry only); a view counts when the intended shape wins (single objects).
   * IoU:   silhouette IoU (opacity > 0.5) against the analytic object on held-out azimuths (all objects).
+  * Back-facing: the normal energy the orientation loss penalises, sum w max(0, n.v)^2 / sum w over the held-out
+    views (0 = no visible normal faces away from the camera).
+  * Floaters: mean opacity of the held-out pixels outside the analytic silhouette (dilated by one pixel, so the
+    object's anti-aliased rim does not count).
 
   python -m dreamjax.toy.evaluate --out docs/toy_results.md [--prompts "a red cube;a blue torus"] [--steps 600]
 
@@ -46,6 +50,8 @@ class Score:
   geo: float | None  # fraction of textureless views with the shape right
   iou: float  # mean silhouette IoU over held-out views
   seconds: float
+  backfacing: float = float("nan")  # sum w max(0, n.v)^2 / sum w over held-out views
+  floaters: float = float("nan")  # mean opacity outside the (dilated) analytic silhouette, held-out views
 
 
 def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
@@ -53,8 +59,15 @@ def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
   return cam_lib.orbit_cameras(np.full(num_views, EVAL_ELEVATION), az, EVAL_DISTANCE, EVAL_FOCAL * EVAL_SIZE)
 
 
+def _dilate(mask: np.ndarray) -> np.ndarray:
+  """mask [N, H, W] grown by one pixel (3x3 neighbourhood)."""
+  padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
+  h, w = mask.shape[1:]
+  return np.any([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
 def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, num_views: int = 8) -> dict:
-  """Color, Geo and IoU of trained scene params for a toy prompt."""
+  """Color, Geo, IoU, back-facing normal energy and floaters of trained scene params for a toy prompt."""
   obj = shapes.object_for_prompt(prompt)
   step = config.train.num_steps
   scene = Scene.from_config(config)
@@ -70,12 +83,16 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
     result["geo"] = float(np.mean(s == want_s))
   held_out = eval_cameras(num_views, offset_deg=180.0 / num_views)
   out = scene.render_chunked(params, held_out, step=step, light_pos=preview_lights(held_out), height=EVAL_SIZE,
-                             width=EVAL_SIZE, keep=("opacity",), all_modes=False)
+                             width=EVAL_SIZE, keep=("opacity", "loss_orient"), all_modes=False)
   truth = np.asarray(shapes.silhouette(obj.arrays(), held_out, EVAL_SIZE, EVAL_SIZE))
   pred = out["opacity"] > 0.5
   inter = (pred & truth).sum(axis=(1, 2))
   union = np.maximum((pred | truth).sum(axis=(1, 2)), 1)
   result["iou"] = float(np.mean(inter / union))
+  opacity = np.asarray(out["opacity"], np.float64)
+  result["backfacing"] = float(np.sum(out["loss_orient"]) / max(np.sum(opacity), 1e-12))
+  outside = ~_dilate(truth)
+  result["floaters"] = float(np.sum(opacity * outside) / max(np.sum(outside), 1))
   return result
 
 
@@ -89,18 +106,21 @@ def run_prompt(prompt: str, config, workdir, classifier, progress: bool = False)
   resume = (wd / "checkpoints").is_dir()
   state = train.train_and_evaluate(config, wd, resume=resume, export=False, progress=progress)
   s = score_params(jax.device_get(state.params), config, prompt, classifier)
-  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0)
+  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"], s["floaters"])
 
 
 def table(scores: list[Score]) -> str:
   """A markdown table with a mean row (Color/Geo over single objects, IoU over all)."""
   fmt = lambda v: "–" if v is None else f"{100 * v:.0f}"
-  rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | IoU | train+eval s |", "| --- | --- | --- | --- | --- |"]
-  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {s.iou:.2f} | {s.seconds:.0f} |" for s in scores]
+  rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | IoU | back-facing | floaters | train+eval s |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {s.iou:.2f} | {s.backfacing:.4f} | {s.floaters:.4f} | "
+           f"{s.seconds:.0f} |" for s in scores]
   singles = [s for s in scores if s.color is not None]
   mean = lambda xs: float(np.mean(xs)) if xs else None
   rows.append(f"| **mean** | {fmt(mean([s.color for s in singles]))} | {fmt(mean([s.geo for s in singles]))} | "
-              f"{np.mean([s.iou for s in scores]):.2f} | {sum(s.seconds for s in scores):.0f} |")
+              f"{np.mean([s.iou for s in scores]):.2f} | {np.mean([s.backfacing for s in scores]):.4f} | "
+              f"{np.mean([s.floaters for s in scores]):.4f} | {sum(s.seconds for s in scores):.0f} |")
   return "\n".join(rows)
 
 
@@ -127,7 +147,8 @@ def main(argv) -> None:
   scores = []
   for p in prompts:
     s = run_prompt(p, config, root / p.replace(" ", "_"), classifier)
-    print(f"{p}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f} ({s.seconds:.0f} s)", flush=True)
+    print(f"{p}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, floaters "
+          f"{s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
     scores.append(s)
   text = table(scores)
   print(text)
