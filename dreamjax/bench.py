@@ -217,6 +217,9 @@ def benchmark_batch(config: ml_collections.ConfigDict, prior, text: TextEmbeddin
             "phases": {"step": measure.summary(times, measure.flops(compiled), measure.xla_bytes(compiled))},
             "peak_bytes": mem["peak_bytes"] if mem else None,
             "loss_finite": bool(np.isfinite(float(jax.device_get(metrics["loss"]))))}
+  shares = step_lib.host_metrics(step_lib.make_gradient_shares(config, prior, mesh)(state, prior_params, text))
+  result["gradient_shares"] = {"step": int(jax.device_get(state.step)),
+                               **{k.split("/", 1)[1]: v for k, v in shares.items() if k.startswith("grad_share/")}}
   del compiled
   med = result["phases"]["step"]["median_ms"] / 1e3
   result["it_per_s"] = 1.0 / med

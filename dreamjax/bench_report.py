@@ -75,6 +75,12 @@ def format_report(report: dict) -> str:
                  f"{s['median_ms']:>9.2f} {_fmt(s['tflops_per_s'], '.3f'):>8} {gib_text(r['peak_bytes']):>10} "
                  f"{gib_text(s['xla_bytes']):>10} {r['compile_s']:>9.1f}")
   for r in report["results"]:
+    if r.get("gradient_shares"):
+      g = r["gradient_shares"]
+      lines.append(f"gradient shares at step {g['step']}, batch {r['batch_per_device']} (each weighted loss term's "
+                   "gradient norm on the scene / their sum): " + ", ".join(
+                       f"{k} {100 * v:.2f}%" for k, v in g.items() if k != "step"))
+  for r in report["results"]:
     lines += ["", f"per-device batch {r['batch_per_device']}:",
               f"  {'phase':<32} {'median ms':>10} {'min ms':>10} {'GFLOP':>10} {'TFLOP/s':>8}"]
     for name, p in r["phases"].items():

@@ -144,7 +144,13 @@ def restore_latest_params(workdir) -> RestoredRun:
 def restore_params_read_only(workdir, config: ml_collections.ConfigDict, step: int | None = None) -> RestoredRun:
   """Scene parameters of checkpoint `step` (default: the latest) of a run, opened read-only: nothing in the run's
   folder is created, moved or deleted (the source of an edit)."""
-  ckpt = Checkpointer(workdir, read_only=True)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager saves nothing: that is the point
+  try:
+    ckpt = Checkpointer(workdir, read_only=True)
+  finally:
+    absl_logger.setLevel(level)
   try:
     state = ckpt.restore(ts_lib.create(config), step)
   finally:

@@ -65,6 +65,9 @@ def test_tiny_config_reports_every_field(tmp_path, capsys):
   for label in bench_report.PHASE_LABELS.values():
     assert label in table, label
   assert f"{r['it_per_s']:.3f}" in table
+  shares = r["gradient_shares"]  # each loss term's share of the scene gradient, after the timed steps
+  assert shares["step"] == 3 and abs(sum(v for k, v in shares.items() if k != "step") - 1.0) < 1e-5
+  assert "gradient shares at step 3, batch 1" in table
 
 
 def test_flops_only_scale_with_batch(capsys):

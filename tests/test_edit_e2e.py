@@ -1,0 +1,52 @@
+"""Editing end to end in the toy world: `python -m dreamjax.edit --method pds` turns the session's "a red cube" run
+(tests/conftest.py) into "a blue cube": the toy classifier sees the new colour, the silhouette stays the source's, the
+edit writes previews (source | edit), a video and a mesh, and the source folder is byte-for-byte unchanged.
+
+Thresholds from the measurement in the README's editing section (`python -m dreamjax.toy.evaluate_edits`, 200 PDS
+steps): see COLOUR_MIN and KEPT_IOU_MIN.
+"""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+
+from dreamjax import checkpoint as ckpt_lib
+from dreamjax.toy import classifier as clf_lib
+from dreamjax.toy import evaluate_edits
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 200
+COLOUR_MIN = 0.5  # fraction of the 8 shaded views whose top-1 colour is blue
+KEPT_IOU_MIN = 0.8  # silhouette IoU between source and edit on 8 held-out views
+
+
+def _checksums(folder: pathlib.Path) -> dict:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pds_edit_changes_the_colour_and_keeps_the_shape(toy_red_cube, tmp_path):
+  source, _ = toy_red_cube
+  before = _checksums(source)
+  workdir = tmp_path / "blue_cube"
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  cmd = [sys.executable, "-m", "dreamjax.edit", "--source", str(source), "--prompt", "a blue cube", "--method", "pds",
+         f"--config.edit.num_steps={STEPS}", "--workdir", str(workdir)]
+  r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert _checksums(source) == before, "the source run must not change"
+  assert list((workdir / "previews").glob("*.png")) and list((workdir / "export").glob("mesh.*"))
+  edit = ckpt_lib.restore_latest_params(workdir)
+  src = ckpt_lib.restore_params_read_only(source, ckpt_lib.load_config(source))
+  assert edit.config.edit.source_prompt == "a red cube" and edit.config.distill.name == "pds"
+  score = evaluate_edits.score_edit(jax.device_get(src.params), jax.device_get(edit.params), edit.config,
+                                    "a blue cube", clf_lib.load())
+  print(score)
+  assert score["colour"] >= COLOUR_MIN, score
+  assert score["kept_iou"] >= KEPT_IOU_MIN, score
+  again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
