@@ -78,7 +78,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.orient_end = 1e-2  # ... ramped linearly to 1e-2 ...
   c.loss.orient_ramp_frac = 1 / 3  # ... over the first third of training
   c.loss.opacity = 1e-3  # opacity loss sqrt(alpha^2 + 0.01) weight (DF range 1e-3 .. 5e-3)
-  c.loss.reduction = "sum"  # per-ray regularisers summed over a camera's rays ("mean": averaged)
+  # How the per-ray orientation and opacity terms become one camera's loss: "sum" over its rays (or "mean"). The SDS
+  # surrogate is a sum over the prior's entries (64x64x4 latents: its gradient is w(t)(eps_hat - eps) per entry), so
+  # the paper's weights only keep the share of the gradient the paper gave them when the regularisers are sums too.
+  # As means over 4,096 rays they had 3-4e-5 (orientation) and 1e-5 (opacity) of the SDS gradient norm, which
+  # Shampoo's (and Adam's) normalised step ignores. Summed, the same weights take 0.3-9% and 0.3-4% of the gradient
+  # in the toy world (train.grad_shares_every; docs/regularisers.md has the toy table of weights); at SD scale the
+  # share is not measured (no GPU or weights here). Summed, the paper's 1e-2 / 1e-3 equal means with weights 41 / 4.1
+  # at 64x64: threestudio's working SD values (orientation 10 -> 1000, sparsity 1, means) are the same order.
+  c.loss.reduction = "sum"
   # SJC's regularisers (dreamjax/regularisers.py; off here, on in configs/sjc.py): emptiness mean log(1 + B w) ...
   c.loss.emptiness = 0.0  # ... weight (SJC: 1e4) ...
   c.loss.emptiness_multiplier = 20.0  # ... multiplied by this ...

@@ -17,6 +17,9 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.edit = ml_collections.ConfigDict()
   c.edit.num_steps = 0  # steps of the edit; 0 = as many as the source run
+  # "all": every parameter may change (the papers' setting); "appearance": only the albedo head and the background
+  # MLP, so the geometry stays the source's exactly (a colour or texture edit; see the README's editing section).
+  c.edit.trainable = "all"
   # DDS: CFG 7.5 (diffusers form), w = 1, t ~ randint(50, 950) (the official notebook).
   c.distill = distill.default_distill_config("dds")
   # DreamFusion's regularisers off: the source already has its geometry, and where the two prompts agree the edit's

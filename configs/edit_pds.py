@@ -20,6 +20,9 @@ def get_config():
   # Steps of the edit; 0 = as many as the source run (PDS edits nerfacto scenes for 30k iterations; our NeRF has no
   # measured figure at SD scale; the toy world's figures are in the README's editing section).
   c.edit.num_steps = 0
+  # "all": every parameter may change (the papers' setting); "appearance": only the albedo head and the background
+  # MLP, so the geometry stays the source's exactly (a colour or texture edit; see the README's editing section).
+  c.edit.trainable = "all"
   # PDS: CFG 100 (diffusers form), no w(t), a 500-step schedule with t in its 2% .. 98% (pds/pds.py defaults).
   c.distill = distill.default_distill_config("pds")
   # DreamFusion's regularisers off: the source already has its geometry, and where the two prompts agree the edit's

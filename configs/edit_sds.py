@@ -13,5 +13,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.edit = ml_collections.ConfigDict()
   c.edit.num_steps = 0  # steps of the edit; 0 = as many as the source run
+  # "all": every parameter may change (the papers' setting); "appearance": only the albedo head and the background
+  # MLP, so the geometry stays the source's exactly (a colour or texture edit; see the README's editing section).
+  c.edit.trainable = "all"
   c.distill = distill.default_distill_config("sds")  # DreamFusion: omega = 100 (paper form), w = sigma^2
   return c

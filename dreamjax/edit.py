@@ -88,7 +88,8 @@ def edit_config(source_config: ml_collections.ConfigDict, overlay: ml_collection
   c.shading.albedo_only_steps = 0
   with c.unlocked():
     c.edit = ml_collections.ConfigDict({"source": source, "source_prompt": source_prompt, "source_step": source_step,
-                                        "num_steps": int(overlay.edit.num_steps)})
+                                        "num_steps": int(overlay.edit.num_steps),
+                                        "trainable": overlay.edit.get("trainable", "all")})
   return c
 
 

@@ -32,6 +32,25 @@ class EditInputs(NamedTuple):
   source_params: dict
 
 
+TRAINABLE = ("all", "appearance")  # what an edit may change: every parameter, or the albedo head and background only
+APPEARANCE = (("nerf", "albedo"), ("background",))  # parameter paths an "appearance" edit trains
+
+
+def trainable_part(params: dict, trainable: str = "all") -> dict:
+  """`params` with everything an edit must not change behind stop_gradient: with "appearance", all but the NeRF's
+  albedo head and the background MLP (the density, the shared trunk and so the geometry stay the source's exactly).
+  Frozen leaves then get zero gradient, hence a zero optimiser update."""
+  if trainable == "all":
+    return params
+  if trainable != "appearance":
+    raise ValueError(f"config.edit.trainable {trainable!r} is unknown; use one of {', '.join(TRAINABLE)}")
+
+  def keep(path, x):
+    names = tuple(getattr(k, "key", None) for k in path)
+    return x if any(names[:len(prefix)] == prefix for prefix in APPEARANCE) else jax.lax.stop_gradient(x)
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
 def render_pair(scene, params: dict, source_params: dict, view, rng, step) -> tuple[dict, dict]:
   """`objective.render_view` of the edited and the (frozen) source scene at one view with one render key, as one
   computation over the two parameter sets stacked (jax.vmap), so equal parameters give bit-identical renders: two
@@ -43,10 +62,12 @@ def render_pair(scene, params: dict, source_params: dict, view, rng, step) -> tu
 
 
 def camera_terms(settings: objective.StepSettings, prior: Prior, params: dict, prior_params: PyTree,
-                 inputs: EditInputs, key, step) -> tuple[dict, dict]:
+                 inputs: EditInputs, key, step, trainable: str = "all") -> tuple[dict, dict]:
   """The weighted loss terms of one editing camera and its metrics (as `objective.camera_terms`). With an editing
   rule (dds, pds) the distillation term is `distill.surrogate_loss(z, g)` of `edit_rules.edit_step`'s g; with sds
-  it is the ordinary SDS loss toward the target prompt (the source is then only the starting point)."""
+  it is the ordinary SDS loss toward the target prompt (the source is then only the starting point). `trainable`
+  (`trainable_part`) says which parameters the edit may change."""
+  params = trainable_part(params, trainable)
   view, (k_render, k_latent, k_distill) = objective.training_view(settings, key, step)
   cond = prior.condition(inputs.text, view)
   if settings.rule.is_edit:

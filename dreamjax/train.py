@@ -12,6 +12,7 @@ Several hosts: every process runs the same command with --multihost (README "Sev
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -148,7 +149,7 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
     source_config.prompt = config.edit.source_prompt
     text = edit_objective.EditInputs(text=text, source_text=step_lib.text_embeddings(prior, source_config, warn=warn),
                                      source_params=source_params)
-    terms = edit_objective.camera_terms
+    terms = functools.partial(edit_objective.camera_terms, trainable=config.edit.trainable)
 
   if is_main and (changed or not ckpt_lib.config_path(workdir).exists()):
     ckpt_lib.save_config(workdir, config)

@@ -268,3 +268,27 @@ def test_an_edit_runs_through_stable_diffusion(tmp_path):
   records = [json.loads(line) for line in (edit_dir / "metrics.jsonl").read_text().splitlines()]
   assert all(r["g_abs_mean"] > 0 and r["skipped_update"] == 0 for r in records)
   assert digest() == before
+
+
+def test_an_appearance_edit_changes_only_the_albedo_head_and_background():
+  """edit.trainable = "appearance": the gradient of an edit's loss is zero on the NeRF trunk and density head (the
+  geometry stays the source's exactly) and non-zero on the albedo head and the background MLP."""
+  config = small_config()
+  config.distill = distill.default_distill_config("dds")
+  config.shading.albedo_only_steps = 10  # step 5 renders albedo, which a textureless view would not show
+  prior = fast_oracle()
+  settings = objective.StepSettings.from_config(config)
+  params = jax.device_get(ts_lib.create(config)).params
+  text = step_lib.text_embeddings(prior, config)
+  shifted = jax.tree_util.tree_map(lambda x: x + 0.5, text)
+  inputs = edit_objective.EditInputs(shifted, text, params)
+  loss = lambda p: sum(edit_objective.camera_terms(settings, prior, p, prior.params, inputs, jax.random.PRNGKey(0), 5,
+                                                   trainable="appearance")[0].values())
+  grads = jax.jit(jax.grad(loss))(params)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  for path, g in flat:
+    names = tuple(getattr(k, "key", None) for k in path)
+    trainable = names[:2] == ("nerf", "albedo") or names[0] == "background"
+    assert (float(np.max(np.abs(np.asarray(g)))) > 0) == trainable, names
+  with pytest.raises(ValueError, match="config.edit.trainable"):
+    edit_objective.trainable_part(params, "geometry")
