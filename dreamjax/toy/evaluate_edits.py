@@ -97,9 +97,10 @@ def score_edit(source_params, edit_params, config, target: str, classifier) -> d
 
 
 def table(scores: list[EditScore]) -> str:
-  rows = ["| edit | method | colour (%) | shape (%) | kept IoU | target IoU | s |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  rows += [f"| {s.source} → {s.target} | {s.method} | {100 * s.colour:.0f} | {100 * s.shape:.0f} | {s.kept_iou:.2f} | "
-           f"{s.target_iou:.2f} | {s.seconds:.0f} |" for s in scores]
+  rows = ["| edit | method | colour (%) | shape (%) | kept IoU | target IoU | s |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+  rows += [f"| {s.source} → {s.target} | {s.method} | {100 * s.colour:.0f} | {100 * s.shape:.0f} | "
+           f"{s.kept_iou:.2f} | {s.target_iou:.2f} | {s.seconds:.0f} |" for s in scores]
   return "\n".join(rows)
 
 
