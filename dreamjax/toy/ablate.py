@@ -23,6 +23,7 @@ import numpy as np
 
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import stop_signals
 from dreamjax import workdir as workdir_lib
 from dreamjax.toy import classifier as clf_lib
 from dreamjax.toy import evaluate as toy_eval
@@ -159,4 +160,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("root", "runs/ablate", "Runs go to ROOT/CELL/PROMPT.")
   flags.DEFINE_string("shard", "0/1", "i/n: run every n-th (cell, prompt) starting at i.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
-  cli.run(main, "toy.ablate", errors=(config_check.ConfigError, workdir_lib.WorkdirError))
+  cli.run(main, "toy.ablate", errors=(config_check.ConfigError, workdir_lib.WorkdirError),
+          interrupted=(stop_signals.Interrupted,))

@@ -31,6 +31,7 @@ import numpy as np
 from dreamjax import cameras as cam_lib
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import stop_signals
 from dreamjax import workdir as workdir_lib
 from dreamjax.nerf.scene import Scene
 from dreamjax.visualize import preview_lights
@@ -166,4 +167,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 0, "Override train.num_steps.")
   flags.DEFINE_string("workdir_root", "runs/toy_eval", "One run directory per prompt below this.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
-  cli.run(main, "toy.evaluate", errors=(config_check.ConfigError, workdir_lib.WorkdirError))
+  cli.run(main, "toy.evaluate", errors=(config_check.ConfigError, workdir_lib.WorkdirError),
+          interrupted=(stop_signals.Interrupted,))

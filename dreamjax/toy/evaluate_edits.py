@@ -29,6 +29,7 @@ from dreamjax import cameras as cam_lib
 from dreamjax import checkpoint as ckpt_lib
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import stop_signals
 from dreamjax import edit as edit_lib
 from dreamjax import train
 from dreamjax import workdir as workdir_lib
@@ -178,4 +179,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("shard", "0/1", "i/n: run every n-th edit starting at i.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
   cli.run(main, "toy.evaluate_edits", errors=(config_check.ConfigError, workdir_lib.WorkdirError,
-                                               ckpt_lib.CheckpointError))
+                                               ckpt_lib.CheckpointError), interrupted=(stop_signals.Interrupted,))
