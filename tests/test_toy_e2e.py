@@ -26,14 +26,15 @@ def test_toy_prompt_becomes_the_object(prompt, tmp_path, request):
   config = toy.get_config()
   config.prompt = prompt
   if prompt == "a red cube":  # the session's shared run (tests/conftest.py), also the source of the editing test
-    workdir, state = request.getfixturevalue("toy_red_cube")
+    workdir, params = request.getfixturevalue("toy_red_cube")
   else:
-    workdir, state = tmp_path, train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False)
+    workdir = tmp_path
+    params = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False).params
   export = workdir / "export"
   assert (export / "turntable.mp4").exists() or (export / "turntable.gif").exists()
   assert list(export.glob("mesh.*")), "a recognisable object has a surface, so a mesh must be written"
   assert list((workdir / "previews").glob("*.png"))
-  score = evaluate.score_params(jax.device_get(state.params), config, prompt, clf_lib.load())
+  score = evaluate.score_params(jax.device_get(params), config, prompt, clf_lib.load())
   print(f"{prompt}: {score}")
   assert score["color"] >= COLOR_MIN, score
   assert score["iou"] >= IOU_MIN, score
