@@ -34,7 +34,8 @@ def test_pds_edit_changes_the_colour_and_keeps_the_shape(toy_red_cube, tmp_path)
   source, _ = toy_red_cube
   before = _checksums(source)
   workdir = tmp_path / "blue_cube"
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  # one device, as the source run was trained (its global batch of 2 does not split over the suite's 4 fake devices)
+  env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=1")
   cmd = [sys.executable, "-m", "dreamjax.edit", "--source", str(source), "--prompt", "a blue cube", "--method", "pds",
          f"--config.edit.num_steps={STEPS}", "--config.edit.trainable=appearance", "--workdir", str(workdir)]
   r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
