@@ -190,3 +190,15 @@ def quiet_known_warnings() -> None:
   warnings.filterwarnings("ignore", message=r".*os\.fork\(\) was called.*", category=RuntimeWarning)
   warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"flax(\..*)?")
   warnings.filterwarnings("ignore", category=FutureWarning, module=r"flax(\..*)?")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'i/n' (0 <= i < n) -> (i, n); ValueError naming --shard otherwise."""
+  index, _, count = text.partition("/")
+  try:
+    index, count = int(index), int(count)
+  except ValueError:
+    index, count = -1, 0
+  if not 0 <= index < count:
+    raise ValueError(f"--shard {text!r}: use i/n with 0 <= i < n, e.g. 0/2")
+  return index, count

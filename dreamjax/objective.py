@@ -37,7 +37,7 @@ class LossWeights:
   opacity: float  # opacity loss weight (DF: 1e-3 .. 5e-3)
   reduction: str = "sum"  # DF's per-ray terms -> one camera's term: "sum" over its rays (as the SDS surrogate sums
   # its latent entries) or "mean" (the reduction before wave 2, which left them at ~1e-5 of the SDS gradient)
-  emptiness: regularisers.StepUp = regularisers.StepUp(0.0, 1.0, 0)  # SJC emptiness weight per step (SJC: 1e4, x20)
+  emptiness: schedules.StepUp = schedules.StepUp(0.0, 1.0, 0)  # SJC emptiness weight per step (SJC: 1e4, x20)
   emptiness_scale: float = 10.0  # SJC's B in log(1 + B w)
   center_depth: float = 0.0  # SJC centre-depth loss weight (SJC: 0; 10 .. 100 for some prompts)
   center_depth_border: float = 7 / 64  # border of the centre window, a fraction of the side (SJC: 7 of 64 pixels)
@@ -48,7 +48,7 @@ class LossWeights:
     n = config.train.num_steps
     return cls(orient=schedules.ramp_over_fraction(c.orient_start, c.orient_end, c.orient_ramp_frac, n),
                opacity=float(c.opacity), reduction=c.reduction,
-               emptiness=regularisers.StepUp(float(c.emptiness), float(c.emptiness_multiplier),
+               emptiness=schedules.StepUp(float(c.emptiness), float(c.emptiness_multiplier),
                                              int(round(c.emptiness_step_frac * n))),
                emptiness_scale=float(c.emptiness_scale), center_depth=float(c.center_depth),
                center_depth_border=float(c.center_depth_border))

@@ -1,4 +1,5 @@
-"""SJC's scene regularisers (Wang et al. 2023, spec §4.2), usable with any distillation rule.
+"""SJC's scene regularisers (Wang et al. 2023, spec §4.2), usable with any distillation rule (their weight schedule:
+`schedules.StepUp`).
 
 DreamFusion's own two (orientation, opacity) are per-ray outputs of the renderer (`nerf.render.render_rays`); these
 two act on a whole render:
@@ -14,22 +15,9 @@ two act on a whole render:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 CENTER_DEPTH_DELTA = 1e-3  # world units: below this difference the loss is linear (its tangent at delta)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepUp:
-  """`value` until step `at`, then `value * multiplier` (SJC's emptiness schedule: 1e4, x20 after half the steps)."""
-  value: float
-  multiplier: float
-  at: int
-
-  def __call__(self, step) -> jnp.ndarray:
-    return jnp.where(jnp.asarray(step) < self.at, self.value, self.value * self.multiplier).astype(jnp.float32)
 
 
 def emptiness(weights: jnp.ndarray, scale: float = 10.0) -> jnp.ndarray:

@@ -26,3 +26,14 @@ class Ramp:
 def ramp_over_fraction(start: float, end: float, fraction: float, num_steps: int) -> Ramp:
   """A `Ramp` over the first `fraction` of a run of `num_steps` steps (DF: the first third of 15k steps)."""
   return Ramp(start=float(start), end=float(end), steps=int(fraction * num_steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepUp:
+  """`value` until step `at`, then `value * multiplier` (SJC's emptiness schedule: 1e4, x20 after half the steps)."""
+  value: float
+  multiplier: float
+  at: int
+
+  def __call__(self, step) -> jnp.ndarray:
+    return jnp.where(jnp.asarray(step) < self.at, self.value, self.value * self.multiplier).astype(jnp.float32)

@@ -37,3 +37,11 @@ def test_edit_pairs():
     evaluate_edits.parse_pairs("a red cube")
   with pytest.raises(ValueError, match="--pairs"):
     evaluate_edits.parse_pairs("a red cube>a purple cube")
+
+
+def test_shard_parsing():
+  from dreamjax import cli
+  assert cli.parse_shard("1/3") == (1, 3)
+  for bad in ("3/3", "x", "1/0", "-1/2"):
+    with pytest.raises(ValueError, match="--shard"):
+      cli.parse_shard(bad)

@@ -111,12 +111,7 @@ def main(argv) -> None:
       shapes.object_for_prompt(p)
     except KeyError as e:
       raise ValueError(e.args[0]) from None
-  index, _, count = f.shard.partition("/")
-  try:
-    index, count = int(index), int(count)
-    assert 0 <= index < count
-  except (ValueError, AssertionError):
-    raise ValueError(f"--shard {f.shard!r}: use i/n with 0 <= i < n, e.g. 0/2") from None
+  index, count = cli.parse_shard(f.shard)
   base = cli.resolved_config()
   base.train.preview_every = 0
   configs = {name: apply(base, overrides) for name, overrides in cells}

@@ -115,12 +115,7 @@ def main(argv) -> None:
       raise ValueError(f"--methods: {m!r} is not one of {', '.join(edit_lib.METHODS)}")
   if f.steps < 1:
     raise ValueError(f"--steps must be >= 1 (got {f.steps})")
-  index, _, count = f.shard.partition("/")
-  try:
-    index, count = int(index), int(count)
-    assert 0 <= index < count
-  except (ValueError, AssertionError):
-    raise ValueError(f"--shard {f.shard!r}: use i/n with 0 <= i < n, e.g. 0/2") from None
+  index, count = cli.parse_shard(f.shard)
   if f.out:
     workdir_lib.check_output_file(f.out)
   base = cli.resolved_config()
