@@ -1,0 +1,211 @@
+"""The toy latent-diffusion model in Stable Diffusion's folder layout (dreamjax/toy/sd_folder.py, train_sd.py).
+
+References: a folder written by PyTorch diffusers and transformers (tests/fixtures/tiny_sd, made by
+tests/fixtures/make_tiny_sd.py) for the tensor names and layouts; the Flax modules applied directly to the
+parameters that were written, for the lossless write/read round trip; CLIP's BPE rules for the tokenizer.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamjax.priors import stable_diffusion as sd
+from dreamjax.priors import weights
+from dreamjax.toy import sd_folder
+from dreamjax.toy import shapes
+from dreamjax.toy import train_sd
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "tiny_sd"
+
+
+def _fixture_targets():
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel
+  unet, vae = sd.build_modules(weights.read_json(FIXTURE / "unet" / "config.json"),
+                               weights.read_json(FIXTURE / "vae" / "config.json"), jnp.float32, "fixture")
+  text = FlaxCLIPTextModel(CLIPTextConfig.from_pretrained(FIXTURE / "text_encoder"), _do_init=False)
+  return {"unet": weights.param_shapes(unet.init_weights), "vae": weights.param_shapes(vae.init_weights),
+          "text_encoder": weights.param_shapes(text.init_weights, (1, 1))}
+
+
+@pytest.mark.parametrize("component", ["unet", "vae", "text_encoder"])
+def test_torch_names_match_a_folder_written_by_pytorch_diffusers(component):
+  """Flax -> PyTorch: reading a PyTorch-diffusers folder and writing it back with `to_torch_state_dict` gives the
+  same tensor names, shapes and values (UNet: cross-attention and plain blocks, VAE: mid-block attention, CLIP)."""
+  _, state = weights.read_state_dict(FIXTURE, component)
+  tree = weights.convert_torch_state_dict(state, _fixture_targets()[component])
+  back = sd_folder.to_torch_state_dict(tree)
+  want = {k: np.asarray(v, np.float32) for k, v in state.items() if not k.endswith("position_ids")}
+  assert sorted(back) == sorted(want)
+  for k, v in want.items():
+    assert back[k].shape == v.shape, k
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_toy_model_uses_only_block_types_the_fixture_proves():
+  """The toy UNet/VAE are built from the block types whose names the PyTorch fixture checks above."""
+  fixture_unet = weights.read_json(FIXTURE / "unet" / "config.json")
+  blocks = set(fixture_unet["down_block_types"]) | set(fixture_unet["up_block_types"])
+  assert set(sd_folder.UNET_CONFIG["down_block_types"]) | set(sd_folder.UNET_CONFIG["up_block_types"]) <= blocks
+  assert set(sd_folder.VAE_CONFIG["down_block_types"]) == {"DownEncoderBlock2D"}
+
+
+def test_tokenizer_makes_every_toy_word_one_token(tmp_path):
+  """CLIP BPE: each toy caption word is one '</w>' token between <|startoftext|> and <|endoftext|>; other text
+  still tokenizes (byte tokens); padding is <|endoftext|> as in SD 1.x; 77 tokens."""
+  sd_folder.write_tokenizer(tmp_path)
+  tok = sd_folder.load_tokenizer(tmp_path)
+  caption = "a red cube with a blue sphere on top, overhead view"
+  pieces = tok.convert_ids_to_tokens(tok(caption).input_ids)
+  words = caption.replace(",", " ,").split()
+  assert pieces == ["<|startoftext|>"] + [w + "</w>" for w in words] + ["<|endoftext|>"]
+  for w in set(sd_folder.toy_words()):
+    assert tok.convert_ids_to_tokens(tok(w).input_ids)[1:-1] == [w + "</w>"], w
+  assert tok.unk_token_id not in tok("A Purple Dog!").input_ids[1:-1]
+  assert tok.pad_token == "<|endoftext|>" and tok.model_max_length == 77
+
+
+@pytest.fixture(scope="module")
+def random_toy_folder(tmp_path_factory):
+  """A toy model with random weights, written by `write_folder`; (folder, params)."""
+  unet, vae, text = train_sd.build_modules()
+  params = train_sd.init_params(3, unet, vae, text)
+  params = jax.tree_util.tree_map(  # nonzero biases and norm offsets, so a dropped or swapped one would show
+      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), params)
+  folder = sd_folder.write_folder(tmp_path_factory.mktemp("toy_sd") / "model", params, scaling_factor=0.37)
+  return folder, params, (unet, vae, text)
+
+
+def test_written_folder_loads_through_the_sd_loader_unchanged(random_toy_folder):
+  """StableDiffusion.from_pretrained(folder) reproduces the Flax modules applied to the written weights: text
+  embeddings, latents (mean * scaling_factor), eps and decoded images."""
+  folder, params, (unet, vae, text) = random_toy_folder
+  prior = sd.StableDiffusion.from_pretrained(str(folder))
+  assert prior.scaling_factor == pytest.approx(0.37) and prior.image_size == sd_folder.RESOLUTION
+  assert prior.latent_shape == (8, 8, 4) and prior.text_window == 77
+  prompts = ["a red cube, front view", ""]
+  ids = jnp.asarray(prior.tokenize(prompts))
+  want_emb = text(ids, params=params["text_encoder"]).last_hidden_state
+  np.testing.assert_allclose(prior.encode_text(prompts), want_emb, rtol=1e-5, atol=1e-5)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  mean, _ = train_sd.encode_moments(vae, params["vae"], 2 * x - 1)
+  np.testing.assert_allclose(prior.latent_moments(prior.params, x)[0], mean, rtol=1e-4, atol=1e-5)
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 4))
+  t = jnp.array([10, 900])
+  want = unet.apply({"params": params["unet"]}, jnp.transpose(z, (0, 3, 1, 2)), t, want_emb).sample
+  np.testing.assert_allclose(prior.predict_eps(prior.params, z, t, want_emb), jnp.transpose(want, (0, 2, 3, 1)),
+                             rtol=1e-4, atol=1e-4)
+  want_img = jnp.clip(0.5 * train_sd.decode(vae, params["vae"], z / 0.37) + 0.5, 0, 1)
+  np.testing.assert_allclose(prior.decode(prior.params, z), want_img, rtol=1e-4, atol=1e-4)
+  cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+  assert (cfg["beta_schedule"], cfg["prediction_type"]) == ("scaled_linear", "epsilon")
+
+
+def test_train_state_round_trip(random_toy_folder, tmp_path):
+  """A saved training state resumes with the same step, weights, EMA, optimiser state and loss curves."""
+  _, params, (unet, vae, text) = random_toy_folder
+  flags = type("A", (), {"vae_lr": 1e-3, "unet_lr": 1e-3, "text": "trained"})()
+  tx = train_sd.optimiser(1e-3, 10, 100)
+  tr = {"unet": params["unet"], "text_encoder": params["text_encoder"]}
+  opt = tx.init(tr)
+  _, opt = tx.update(jax.tree_util.tree_map(jnp.ones_like, tr), opt, tr)
+  state = {"stage": "unet", "step": 17, "params": params, "ema": params, "opt": opt, "scaling_factor": 0.5,
+           "curves": {"vae": [0.1, 0.05], "unet": [0.3]}, "extra": {"vae": {"latent_std": 2.0}}}
+  train_sd.save_state(tmp_path, state)
+  fresh = train_sd.init_params(0, unet, vae, text)
+  template = {"stage": "vae", "step": 0, "params": fresh, "ema": fresh, "opt": None, "scaling_factor": 1.0,
+              "curves": {}, "extra": {}}
+  back = train_sd._resume(tmp_path, template, unet, vae, text, flags)
+  assert (back["stage"], int(back["step"]), float(back["scaling_factor"])) == ("unet", 17, 0.5)
+  assert back["curves"] == {"vae": [0.1, 0.05], "unet": [0.3]}
+  chex_equal = lambda a, b: jax.tree_util.tree_all(jax.tree_util.tree_map(
+      lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b))
+  assert chex_equal(back["params"], params) and chex_equal(back["opt"], opt)
+
+
+def test_batches_depend_only_on_seed_stage_and_step():
+  """Resumed training sees the batches an uninterrupted run would: they are drawn from (seed, stage, step)."""
+  data = {"fg": np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3), dtype=np.uint8),
+          "alpha": np.random.default_rng(1).integers(0, 255, (10, 32, 32), dtype=np.uint8),
+          "obj": np.arange(10) % len(shapes.OBJECTS)}
+  a = train_sd.make_batch(data, train_sd.step_rng(0, "unet", 5), 4)
+  b = train_sd.make_batch(data, train_sd.step_rng(0, "unet", 5), 4)
+  c = train_sd.make_batch(data, train_sd.step_rng(0, "unet", 6), 4)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], c[0])
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "dreamjax.toy.train_sd", *args], cwd=ROOT, capture_output=True,
+                        text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_cli_refuses_to_overwrite_the_shipped_model_and_bad_flags(tmp_path):
+  """The default --out is the shipped model: refused without --overwrite, nothing touched; bad flags are one line."""
+  shipped = train_sd.SHIPPED
+  before = {p: p.stat().st_mtime_ns for p in shipped.rglob("*") if p.is_file()}
+  r = _cli()
+  assert r.returncode == 2 and "shipped in the package" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  assert {p: p.stat().st_mtime_ns for p in shipped.rglob("*") if p.is_file()} == before
+  r = _cli("--out", str(tmp_path / "m"), "--resume")
+  assert r.returncode == 2 and "--resume" in r.stderr and not (tmp_path / "m").exists()
+  r = _cli("--out", str(tmp_path / "m"), "--unet_lr", "nan")
+  assert r.returncode == 2 and "--unet_lr" in r.stderr
+
+
+def test_shipped_model_loads_like_a_hub_snapshot(monkeypatch, tmp_path):
+  """configs/toy_sd.py's folder, placed in a Hugging Face cache as a Hub snapshot and loaded offline by id through
+  `load_prior` (the entry point of every run), gives the same prior as the local folder."""
+  import shutil
+  import huggingface_hub
+  from configs import toy_sd
+  from dreamjax.priors import load
+  config = toy_sd.get_config()
+  local = load.load_prior(config)
+  commit = "89abcdef0123456789abcdef0123456789abcdef"
+  repo = tmp_path / "hub" / "models--dreamjax--toy-sd"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text(commit)
+  shutil.copytree(config.prior.model, repo / "snapshots" / commit)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+  config.prior.model = "dreamjax/toy-sd"
+  hub = load.load_prior(config)
+  assert isinstance(hub, sd.StableDiffusion) and hub.source == "dreamjax/toy-sd"
+  z = jax.random.normal(jax.random.PRNGKey(0), (2,) + local.latent_shape)
+  emb = local.encode_text(["a red cube, front view", ""])
+  np.testing.assert_array_equal(np.asarray(hub.encode_text(["a red cube, front view", ""])), np.asarray(emb))
+  t = jnp.array([300, 700])
+  np.testing.assert_array_equal(np.asarray(hub.predict_eps(hub.params, z, t, emb)),
+                                np.asarray(local.predict_eps(local.params, z, t, emb)))
+
+
+def test_shipped_model_follows_its_caption():
+  """On fresh toy renders (not training data: seed 11), the shipped latent model predicts the noise better with the
+  true caption than with another object's caption, at t = 500 and 750 (latents from its own VAE)."""
+  from configs import toy_sd
+  from dreamjax.priors import load
+  from dreamjax.toy import dataset as ds
+  prior = load.load_prior(toy_sd.get_config())
+  data = ds.generate(48, seed=11, verbose=False)
+  x = jnp.asarray(data["images"], jnp.float32) / 255.0
+  wrong = (data["obj"] + 1 + np.arange(48) % (len(shapes.OBJECTS) - 1)) % len(shapes.OBJECTS)
+  z0 = prior.to_latents(prior.params, x, jax.random.PRNGKey(1))
+  eps = jax.random.normal(jax.random.PRNGKey(2), z0.shape)
+  e_true = prior.encode_text(ds.captions(data["obj"], data["label"]))
+  e_wrong = prior.encode_text(ds.captions(wrong, data["label"]))
+  for t in (500, 750):
+    a = float(prior.alphas_cumprod[t])
+    z_t = np.sqrt(a) * z0 + np.sqrt(1 - a) * eps
+    tt = jnp.full((48,), t)
+    err = lambda e: np.mean(np.asarray(prior.predict_eps(prior.params, z_t, tt, e) - eps) ** 2, axis=(1, 2, 3))
+    gap = err(e_wrong) - err(e_true)
+    print(f"t={t}: wrong - true eps-MSE {gap.mean():.5f} ± {gap.std() / np.sqrt(48):.5f}")
+    assert gap.mean() > 3 * gap.std() / np.sqrt(48), (t, gap.mean(), gap.std())
