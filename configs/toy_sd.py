@@ -7,8 +7,8 @@ by its measured scaling_factor, CFG and SDS in latent space.
   python -m dreamjax.train --config configs/toy_sd.py --config.prompt="a red cube" --workdir runs/red_cube_sd
 Evaluation over the toy prompts: `python -m dreamjax.toy.evaluate --config configs/toy_sd.py`.
 
-The rest is configs/toy.py (the pixel prior's toy settings), except what the VAE needs: 32² renders (its input size;
-the pixel prior sees 16²).
+The rest is configs/toy.py (the pixel prior's toy settings), except 32² renders (the VAE's input size; the pixel
+prior sees 16²) and the paper's guidance 100.
 """
 
 import pathlib
@@ -25,4 +25,6 @@ def get_config():
   c.prior.dtype = "float32"
   c.render.height = 32  # the VAE's input resolution (UNet sample_size 8 x VAE factor 4)
   c.render.width = 32
+  c.distill.guidance_scale = 100.0  # the paper's value (configs/toy.py lowers it to 30 for the pixel prior); here,
+  # "a red cube", 600 steps, one seed: Color 75% / Geo 38% / IoU 0.47 at 100, 12% / 0% / 0.47 at 30 (docs/toy_sd.md)
   return c

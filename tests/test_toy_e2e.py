@@ -16,7 +16,8 @@ from dreamjax import train
 from dreamjax.toy import classifier as clf_lib
 from dreamjax.toy import evaluate
 
-PROMPTS = ("a red cube", "a blue sphere")
+PROMPTS = ("a red cube",)  # "a blue sphere" (Color 100%, IoU 0.62) left the suite for CI time; it runs through the
+# SD code path in tests/test_toy_sd_e2e.py
 COLOR_MIN = 0.5  # fraction of the 8 shaded 30°-elevation views where shape and colour are both top-1
 IOU_MIN = 0.45  # mean silhouette IoU over 8 held-out azimuths (two runs of the cube: 0.525 and 0.567)
 

@@ -75,11 +75,12 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
   cams = eval_cameras(num_views)
   out = scene.render_chunked(params, cams, step=step, light_pos=preview_lights(cams), height=EVAL_SIZE,
                              width=EVAL_SIZE)
-  result = {"color": None, "geo": None}
+  result = {"color": None, "geo": None, "colour_only": None}
   if obj.is_single:
     want_s, want_c = shapes.SHAPES.index(obj.parts[0].shape), shapes.COLOUR_NAMES.index(obj.parts[0].colour)
     s, c = classifier.predict(out["rgb_modes"][..., cam_lib.SHADED, :])
     result["color"] = float(np.mean((s == want_s) & (c == want_c)))
+    result["colour_only"] = float(np.mean(c == want_c))  # the colour head alone (shape ignored)
     s, _ = classifier.predict(out["rgb_modes"][..., cam_lib.TEXTURELESS, :])
     result["geo"] = float(np.mean(s == want_s))
   held_out = eval_cameras(num_views, offset_deg=180.0 / num_views)

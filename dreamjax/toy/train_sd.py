@@ -247,6 +247,8 @@ def _loop(state, stage, steps, batch, data, a, log, step, names, with_ids=False)
   t0, hist = time.time(), []
   out = pathlib.Path(a.out)
   start = int(state["step"])
+  wall_key = f"{stage}_wall_s"  # training seconds of this stage over all processes (a resumed run adds to it)
+  wall_before = float(state["extra"].get(wall_key, 0.0))
   while int(state["step"]) < steps:
     i = int(state["step"])
     rng = step_rng(a.seed, stage, i)
@@ -272,6 +274,7 @@ def _loop(state, stage, steps, batch, data, a, log, step, names, with_ids=False)
           f"  {rate:.2f} steps/s  eta {eta / 60:.1f} min")
     out_of_time = a.max_minutes > 0 and elapsed > 60 * a.max_minutes
     if done % a.save_every == 0 or done == steps or out_of_time:
+      state["extra"][wall_key] = round(wall_before + elapsed, 1)
       state.setdefault("curves", {}).setdefault(stage, [])
       state["curves"][stage] = list(state["curves"][stage]) + [float(np.mean(hist, axis=0)[0])]
       hist = hist[-a.log_every:]
@@ -407,21 +410,19 @@ def train(a, log=print) -> dict:
     log(f"resuming {out} at {state['stage']} step {state['step']}")
   data = ds.load_or_generate(a.data, a.num_data, a.data_seed)
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed)
-  t0 = time.time()
   if state["stage"] == "vae":
     state = train_vae(state, vae, data, a, log)
     if state.pop("stopped", False):
       return {}
     ema_vae = state["ema"]["vae"]
-    state["extra"] = {"vae": measure_scaling_factor(vae, ema_vae, data) | {
+    state["extra"]["vae"] = measure_scaling_factor(vae, ema_vae, data) | {
         "heldout_psnr_db": vae_psnr(vae, ema_vae, holdout), "steps": a.vae_steps,
-        "final_mse": state["curves"]["vae"][-1], "wall_s": round(time.time() - t0, 1)}}
+        "final_mse": state["curves"]["vae"][-1], "wall_s": state["extra"].get("vae_wall_s")}
     log(f"VAE: held-out PSNR {state['extra']['vae']['heldout_psnr_db']:.2f} dB, latent std "
         f"{state['extra']['vae']['latent_std']:.4f} -> scaling_factor {state['extra']['vae']['scaling_factor']:.5f}")
     state.update(stage="unet", step=0, opt=None, scaling_factor=state["extra"]["vae"]["scaling_factor"])
     state["params"]["vae"] = ema_vae  # frozen from here on: the EMA weights
     save_state(out, state)
-  t1 = time.time()
   state = train_unet(state, unet, vae, text_encoder, data, a, log)
   if state.pop("stopped", False):
     return {}
@@ -435,7 +436,7 @@ def train(a, log=print) -> dict:
       "unet": {"steps": a.unet_steps, "batch": a.batch, "vae_batch": a.vae_batch, "lr": a.unet_lr, "text": a.text,
                "p_uncond": a.p_uncond,
                "ema_decay": a.ema_decay, "loss_curve": state["curves"]["unet"],
-               "final_loss": state["curves"]["unet"][-1], "wall_s": round(time.time() - t1, 1)},
+               "final_loss": state["curves"]["unet"][-1], "wall_s": state["extra"].get("unet_wall_s")},
       "heldout_eps_mse": heldout_eps_mse(prior, holdout),
       "caption_following": caption_following(prior),
       "seed": a.seed,
@@ -467,7 +468,9 @@ def model_card(summary: dict) -> str:
       f"{n['unet']:,} parameters.",
       f"- Text encoder `CLIPTextModel`: width {sd_folder.TEXT_WIDTH}, {sd_folder.TEXT_CONFIG['num_hidden_layers']} "
       f"layers, 77 positions, {n['text_encoder']:,} parameters, {u['text']}; tokenizer `CLIPTokenizer` (byte-level "
-      "BPE; every toy word and view word is one token; pad = <|endoftext|>).",
+      "BPE; every toy word and view word is one token; pad = <|endoftext|>). Trained with the UNet (`--text "
+      "trained`, the pixel prior's choice) or kept at its random initialisation (`--text frozen`): which follows "
+      "captions better is not measured yet.",
       "- Scheduler: DDPM, scaled_linear 0.00085–0.012, 1000 steps, epsilon prediction (SD 1.5's training schedule).",
       "", "## Data",
       f"- {summary['data']['num_train']:,} renders ({summary['data']['resolution']}², "
