@@ -62,10 +62,11 @@ def build_modules():
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_and_ids():
+  """The toy CLIP tokenizer (built once per process; its files are read at load, so the folder can go) and its ids."""
   import tempfile
-  folder = pathlib.Path(tempfile.mkdtemp(prefix="toy_sd_tokenizer."))
-  sd_folder.write_tokenizer(folder)
-  return sd_folder.load_tokenizer(folder), sd_folder.text_token_ids(folder)
+  with tempfile.TemporaryDirectory(prefix="toy_sd_tokenizer.") as tmp:
+    sd_folder.write_tokenizer(tmp)
+    return sd_folder.load_tokenizer(tmp), sd_folder.text_token_ids(pathlib.Path(tmp))
 
 
 def tokenizer():
@@ -95,7 +96,7 @@ def decode(vae, vae_params, z):
 
 
 def caption_tokens(tok) -> np.ndarray:
-  """CLIP token ids [num_objects, 4 view labels, 77] of every caption of the world; row -1 of axis 0 unused."""
+  """CLIP token ids [num_objects, 4 view labels, 77] of every caption of the world."""
   return np.stack([np.asarray(tok([ds.caption(o, v) for v in range(4)], padding="max_length", max_length=77,
                                   truncation=True, return_tensors="np").input_ids, np.int32)
                    for o in range(len(shapes.OBJECTS))])
