@@ -486,7 +486,8 @@ def model_card(summary: dict) -> str:
       f"(decoded posterior mean, images in [0, 1]); {v['wall_s']:.0f} s.",
       f"- UNet + text encoder: {u['steps']} steps, batch {u['batch']}, Adam {u['lr']} (warm-up, cosine to 1/10), "
       f"{100 * u['p_uncond']:.0f}% empty captions, EMA {u['ema_decay']} (shipped); final loss {u['final_loss']:.4f}; "
-      f"{u['wall_s']:.0f} s on the 2-core CPU. Loss per {len(u['loss_curve'])} saves: "
+      f"{u['wall_s']:.0f} s on the 2-core CPU" + (f" ({u['wall_note']})" if u.get("wall_note") else "") +
+      f". Loss per {len(u['loss_curve'])} saves: "
       + ", ".join(f"{x:.4f}" for x in u["loss_curve"]) + ".",
       "", "## Does it follow its caption?",
       "ε-MSE on 256 held-out renders, fixed noise, with the true caption, the empty caption and another object's "
