@@ -8,7 +8,8 @@ A cell is `name=field:value,field:value` (fields of the run config, values parse
 true/false, text); an empty list is the config unchanged. Every (cell, prompt) run trains into ROOT/CELL/PROMPT and
 writes its score to ROOT/CELL/PROMPT/score.json; a run with a score is not repeated, so the command resumes, and
 `--shard i/n` takes every n-th run (two shards side by side share a 2-core CPU better than one). The table is written
-from every score present.
+from every score present. `--rescore` scores the finished runs again from their checkpoints (no training), e.g.
+after a new metric was added.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from dreamjax import cli
 from dreamjax import config_check
+from dreamjax import files
 from dreamjax import stop_signals
 from dreamjax import workdir as workdir_lib
 from dreamjax.toy import classifier as clf_lib
@@ -84,9 +86,10 @@ def run_dir(root: pathlib.Path, cell: str, prompt: str) -> pathlib.Path:
 def table(cells: list[str], prompts: list[str], scores: dict) -> str:
   """Per cell: means over the prompts scored so far (Color/Geo over single objects) and the per-prompt IoU."""
   fmt = lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else v
-  head = ("| cell | runs | Color (%) | Geo (%) | IoU | back-facing | floaters | " +
-          " | ".join(f"IoU {p}" for p in prompts) + " |")
-  rows = [head, "|" + " --- |" * (7 + len(prompts))]
+  head = ("| cell | runs | Color (%) | Geo (%) | part colour (%) | IoU | back-facing | floaters | " +
+          " | ".join(f"{p}: IoU, part colours" if not shapes.object_for_prompt(p).is_single else f"IoU {p}"
+                     for p in prompts) + " |")
+  rows = [head, "|" + " --- |" * (8 + len(prompts))]
   for cell in cells:
     got = [scores[(cell, p)] for p in prompts if (cell, p) in scores]
     if not got:
@@ -94,11 +97,29 @@ def table(cells: list[str], prompts: list[str], scores: dict) -> str:
     singles = [s for s in got if s["color"] is not None]
     mean = lambda key, xs: float(np.mean([s[key] for s in xs])) if xs else None
     pct = lambda v: fmt(None if v is None else f"{100 * v:.0f}")
-    per = [f"{scores[(cell, p)]['iou']:.2f}" if (cell, p) in scores else "–" for p in prompts]
+    per = [_per_prompt(scores.get((cell, p)), shapes.object_for_prompt(p).is_single) for p in prompts]
     rows.append(f"| {cell} | {len(got)} | {pct(mean('color', singles))} | {pct(mean('geo', singles))} | "
-                f"{mean('iou', got):.2f} | {mean('backfacing', got):.4f} | {mean('floaters', got):.4f} | " +
+                f"{pct(toy_eval.mean_part_colour(got))} | {mean('iou', got):.2f} | {mean('backfacing', got):.4f} | {mean('floaters', got):.4f} | " +
                 " | ".join(per) + " |")
   return "\n".join(rows)
+
+
+def _per_prompt(score: dict | None, single: bool) -> str:
+  if score is None:
+    return "–"
+  if single:
+    return f"{score['iou']:.2f}"
+  return f"{score['iou']:.2f}, {toy_eval.part_colour_text(score.get('part_colour'))}"
+
+
+def rescore(wd: pathlib.Path, classifier) -> dict:
+  """The score of a finished run in `wd`, computed again from its latest checkpoint (the training time kept)."""
+  from dreamjax.evaluate import harness
+  run = harness.load_run(wd)
+  old = json.loads((wd / "score.json").read_text())
+  s = toy_eval.score_params(run.params, run.config, run.prompt, classifier)
+  return dataclasses.asdict(toy_eval.Score(run.prompt, s["color"], s["geo"], s["iou"], old["seconds"],
+                                           s["backfacing"], s["floaters"], s["part_colour"]))
 
 
 def main(argv) -> None:
@@ -124,12 +145,18 @@ def main(argv) -> None:
   jobs = [(cell, p) for cell, _ in cells for p in prompts]
   for n, (cell, prompt) in enumerate(jobs):
     wd = run_dir(root, cell, prompt)
-    if n % count != index or (wd / "score.json").exists():
+    if n % count != index:
+      continue
+    if (wd / "score.json").exists():
+      if f.rescore:
+        files.write_text(wd / "score.json", json.dumps(rescore(wd, classifier)))
+        print(f"{cell} / {prompt}: rescored", flush=True)
       continue
     s = toy_eval.run_prompt(prompt, configs[cell], wd, classifier)
-    (wd / "score.json").write_text(json.dumps(dataclasses.asdict(s)))
-    print(f"{cell} / {prompt}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, "
-          f"floaters {s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
+    files.write_text(wd / "score.json", json.dumps(dataclasses.asdict(s)))
+    print(f"{cell} / {prompt}: Color {s.color}, Geo {s.geo}, part colour {toy_eval.part_colour_text(s.part_colour)}, "
+          f"IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)",
+          flush=True)
   scores = {}
   for cell, p in jobs:
     path = run_dir(root, cell, p) / "score.json"
@@ -155,5 +182,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("root", "runs/ablate", "Runs go to ROOT/CELL/PROMPT.")
   flags.DEFINE_string("shard", "0/1", "i/n: run every n-th (cell, prompt) starting at i.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
+  flags.DEFINE_bool("rescore", False, "Score the finished runs again from their checkpoints (no training).")
   cli.run(main, "toy.ablate", errors=(config_check.ConfigError, workdir_lib.WorkdirError),
           interrupted=(stop_signals.Interrupted,))

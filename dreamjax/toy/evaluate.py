@@ -9,6 +9,9 @@ several azimuths. The independent (shape, colour) classifier (dreamjax/toy/class
     views (0 = no visible normal faces away from the camera).
   * Floaters: mean opacity of the held-out pixels outside the analytic silhouette (dilated by one pixel, so the
     object's anti-aliased rim does not count).
+  * Part colour: per part of the object, the fraction of held-out views (where that part shows at least
+    MIN_PART_PIXELS pixels) whose rendered albedo inside the part's visible region is nearest, of the world's four
+    colours, to the part's prompted colour (`part_colour_hits`). The only colour score of two-part objects.
 
   python -m dreamjax.toy.evaluate --out docs/toy_results.md [--prompts "a red cube;a blue torus"] [--steps 600]
 
@@ -42,6 +45,7 @@ EVAL_ELEVATION = 30.0  # degrees, as DreamFusion's evaluation
 EVAL_SIZE = 32  # pixels (the classifier's resolution)
 EVAL_DISTANCE = 1.25
 EVAL_FOCAL = 1.0  # × width
+MIN_PART_PIXELS = 8  # a part counts as visible in a 32² view from this many pixels of its own surface
 
 
 @dataclasses.dataclass
@@ -53,6 +57,7 @@ class Score:
   seconds: float
   backfacing: float = float("nan")  # sum w max(0, n.v)^2 / sum w over held-out views
   floaters: float = float("nan")  # mean opacity outside the (dilated) analytic silhouette, held-out views
+  part_colour: list | None = None  # per part: fraction of held-out views with the part's albedo colour right
 
 
 def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
@@ -65,6 +70,26 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
   padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
   h, w = mask.shape[1:]
   return np.any([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def part_colour_hits(albedo: np.ndarray, opacity: np.ndarray, visible: np.ndarray,
+                     colours: list[str]) -> np.ndarray:
+  """Is each part's rendered colour right? albedo [N, H, W, 3] (the renderer's weight-summed albedo), opacity
+  [N, H, W], visible [N, H, W] int (the analytic part each pixel shows, -1 none: shapes.visible_part), colours [P]
+  the parts' prompted colour names. Returns [N, P] float: 1 where the part's mean surface albedo over its visible
+  pixels (sum albedo / sum opacity there) is nearest, in RGB, to its prompted colour among shapes.COLOURS and the
+  NeRF covers those pixels (mean opacity >= 0.5), else 0; NaN where the part shows fewer than MIN_PART_PIXELS."""
+  palette = np.array([shapes.COLOURS[c] for c in shapes.COLOUR_NAMES], np.float64)
+  hits = np.full((visible.shape[0], len(colours)), np.nan)
+  for p, name in enumerate(colours):
+    mask = visible == p
+    count = mask.sum(axis=(1, 2))
+    cover = np.sum(opacity * mask, axis=(1, 2), dtype=np.float64)
+    mean = np.sum(albedo * mask[..., None], axis=(1, 2), dtype=np.float64) / np.maximum(cover, 1e-12)[:, None]
+    nearest = np.argmin(np.sum((mean[:, None, :] - palette[None]) ** 2, axis=-1), axis=-1)
+    right = (nearest == shapes.COLOUR_NAMES.index(name)) & (cover >= 0.5 * count)
+    hits[:, p] = np.where(count >= MIN_PART_PIXELS, right.astype(np.float64), np.nan)
+  return hits
 
 
 def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, num_views: int = 8) -> dict:
@@ -85,8 +110,9 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
     result["geo"] = float(np.mean(s == want_s))
   held_out = eval_cameras(num_views, offset_deg=180.0 / num_views)
   out = scene.render_chunked(params, held_out, step=step, light_pos=preview_lights(held_out), height=EVAL_SIZE,
-                             width=EVAL_SIZE, keep=("opacity", "loss_orient"), all_modes=False)
-  truth = np.asarray(shapes.silhouette(obj.arrays(), held_out, EVAL_SIZE, EVAL_SIZE))
+                             width=EVAL_SIZE, keep=("opacity", "loss_orient", "albedo"), all_modes=False)
+  visible = np.asarray(shapes.visible_part(obj.arrays(), held_out, EVAL_SIZE, EVAL_SIZE))
+  truth = visible >= 0
   pred = out["opacity"] > 0.5
   inter = (pred & truth).sum(axis=(1, 2))
   union = np.maximum((pred | truth).sum(axis=(1, 2)), 1)
@@ -95,6 +121,8 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
   result["backfacing"] = float(np.sum(out["loss_orient"]) / max(np.sum(opacity), 1e-12))
   outside = ~_dilate(truth)
   result["floaters"] = float(np.sum(opacity * outside) / max(np.sum(outside), 1))
+  hits = part_colour_hits(out["albedo"], out["opacity"], visible, [q.colour for q in obj.parts])
+  result["part_colour"] = [float(np.nanmean(h)) if np.any(np.isfinite(h)) else float("nan") for h in hits.T]
   return result
 
 
@@ -108,19 +136,38 @@ def run_prompt(prompt: str, config, workdir, classifier, progress: bool = False)
   resume = (wd / "checkpoints").is_dir()
   state = train.train_and_evaluate(config, wd, resume=resume, export=False, progress=progress)
   s = score_params(jax.device_get(state.params), config, prompt, classifier)
-  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"], s["floaters"])
+  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"], s["floaters"],
+               s["part_colour"])
+
+
+def part_colour_text(part_colour) -> str:
+  """'100 / 25' (per part, %) for a two-part object, '–' when not scored; single objects show one figure."""
+  if not part_colour:
+    return "–"
+  return " / ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in part_colour)
+
+
+def mean_part_colour(scores) -> float | None:
+  """Mean over the two-part objects among `scores` (Score or dicts) of their parts' mean colour accuracy."""
+  get = lambda s, k: s[k] if isinstance(s, dict) else getattr(s, k)
+  vals = [float(np.nanmean(get(s, "part_colour"))) for s in scores
+          if get(s, "part_colour") and len(get(s, "part_colour")) > 1]
+  return float(np.mean(vals)) if vals else None
 
 
 def table(scores: list[Score]) -> str:
-  """A markdown table with a mean row (Color/Geo over single objects, IoU over all)."""
+  """A markdown table with a mean row (Color/Geo over single objects, part colour over two-part objects, the rest
+  over all)."""
   fmt = lambda v: "–" if v is None else f"{100 * v:.0f}"
-  rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | IoU | back-facing | floaters | train+eval s |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
-  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {s.iou:.2f} | {s.backfacing:.4f} | {s.floaters:.4f} | "
-           f"{s.seconds:.0f} |" for s in scores]
+  rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | part colour (%) | IoU | back-facing | floaters | "
+          "train+eval s |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {part_colour_text(s.part_colour)} | {s.iou:.2f} | "
+           f"{s.backfacing:.4f} | {s.floaters:.4f} | {s.seconds:.0f} |" for s in scores]
   singles = [s for s in scores if s.color is not None]
   mean = lambda xs: float(np.mean(xs)) if xs else None
   rows.append(f"| **mean** | {fmt(mean([s.color for s in singles]))} | {fmt(mean([s.geo for s in singles]))} | "
+              f"{fmt(mean_part_colour(scores))} | "
               f"{np.mean([s.iou for s in scores]):.2f} | {np.mean([s.backfacing for s in scores]):.4f} | "
               f"{np.mean([s.floaters for s in scores]):.4f} | {sum(s.seconds for s in scores):.0f} |")
   return "\n".join(rows)
@@ -149,8 +196,8 @@ def main(argv) -> None:
   scores = []
   for p in prompts:
     s = run_prompt(p, config, root / p.replace(" ", "_"), classifier)
-    print(f"{p}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, floaters "
-          f"{s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
+    print(f"{p}: Color {s.color}, Geo {s.geo}, part colour {part_colour_text(s.part_colour)}, IoU {s.iou:.3f}, "
+          f"back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
     scores.append(s)
   text = table(scores)
   print(text)

@@ -224,12 +224,14 @@ def field(arrs: dict):
   return field_fn
 
 
-def silhouette(arrs: dict, cams: cam_lib.Cameras, height: int, width: int, num_steps: int = 96,
-               tol: float = 1e-3) -> jnp.ndarray:
-  """Analytic silhouette [N, H, W] bool: sphere tracing of the SDF along pixel-centre rays (cameras.camera_rays).
+def visible_part(arrs: dict, cams: cam_lib.Cameras, height: int, width: int, num_steps: int = 96,
+                 tol: float = 1e-3) -> jnp.ndarray:
+  """Analytic visible part [N, H, W] int32 of pixel-centre rays (cameras.camera_rays): the index of the part whose
+  surface the ray meets first, -1 where it misses the object.
 
-  A ray hits when the SDF falls below `tol` within distance 4 of the camera. Every SDF here is exact or a lower
-  bound on the distance (the union), so sphere tracing never steps through a surface.
+  Sphere tracing of the SDF: a ray hits when the SDF falls below `tol` within distance 4 of the camera, and the hit
+  belongs to the part of smallest SDF there. Every SDF here is exact or a lower bound on the distance (the union),
+  so sphere tracing never steps through a surface.
   """
   o, d = cam_lib.camera_rays(cams, height, width)
 
@@ -239,8 +241,15 @@ def silhouette(arrs: dict, cams: cam_lib.Cameras, height: int, width: int, num_s
     hit = hit | (dist < tol)
     return (jnp.where(hit, t, jnp.minimum(t + dist, 4.0)), hit), None
   t0 = jnp.zeros(o.shape[:-1])
-  (_, hit), _ = jax.lax.scan(step, (t0, jnp.zeros(o.shape[:-1], bool)), None, length=num_steps)
-  return hit
+  (t, hit), _ = jax.lax.scan(step, (t0, jnp.zeros(o.shape[:-1], bool)), None, length=num_steps)
+  part = jnp.argmin(part_sdfs(arrs, o + t[..., None] * d), axis=-1).astype(jnp.int32)
+  return jnp.where(hit, part, -1)
+
+
+def silhouette(arrs: dict, cams: cam_lib.Cameras, height: int, width: int, num_steps: int = 96,
+               tol: float = 1e-3) -> jnp.ndarray:
+  """Analytic silhouette [N, H, W] bool: the pixels whose ray meets the object (`visible_part` >= 0)."""
+  return visible_part(arrs, cams, height, width, num_steps, tol) >= 0
 
 
 if __name__ == "__main__":  # python -m dreamjax.toy.shapes: the toy prompts, one per line
