@@ -123,7 +123,7 @@ def score_toy(runs: list[Run], num_views: int) -> tuple[dict, list]:
     t0 = time.time()
     s = toy_eval.score_params(run.params, run.config, run.prompt, classifier, num_views=num_views)
     scores.append(toy_eval.Score(run.prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"],
-                                 s["floaters"], s["part_colour"]))
+                                 s["floaters"], s["part_colour"], s["part_pixels"]))
     rows.append({"workdir": run.workdir, "prompt": run.prompt, "seed": int(run.config.seed), "step": run.step,
                  **s, "seconds": round(scores[-1].seconds, 3)})
   singles = [s for s in scores if s.color is not None]

@@ -99,7 +99,8 @@ def table(cells: list[str], prompts: list[str], scores: dict) -> str:
     pct = lambda v: fmt(None if v is None else f"{100 * v:.0f}")
     per = [_per_prompt(scores.get((cell, p)), shapes.object_for_prompt(p).is_single) for p in prompts]
     rows.append(f"| {cell} | {len(got)} | {pct(mean('color', singles))} | {pct(mean('geo', singles))} | "
-                f"{pct(toy_eval.mean_part_colour(got))} | {mean('iou', got):.2f} | {mean('backfacing', got):.4f} | {mean('floaters', got):.4f} | " +
+                f"{pct(toy_eval.mean_part_colour(got))} | {mean('iou', got):.2f} | {mean('backfacing', got):.4f} | "
+                f"{mean('floaters', got):.4f} | " +
                 " | ".join(per) + " |")
   return "\n".join(rows)
 
@@ -109,7 +110,7 @@ def _per_prompt(score: dict | None, single: bool) -> str:
     return "–"
   if single:
     return f"{score['iou']:.2f}"
-  return f"{score['iou']:.2f}, {toy_eval.part_colour_text(score.get('part_colour'))}"
+  return f"{score['iou']:.2f}, {toy_eval.part_colour_text(score.get('part_colour'), score.get('part_pixels'))}"
 
 
 def rescore(wd: pathlib.Path, classifier) -> dict:
@@ -119,7 +120,7 @@ def rescore(wd: pathlib.Path, classifier) -> dict:
   old = json.loads((wd / "score.json").read_text())
   s = toy_eval.score_params(run.params, run.config, run.prompt, classifier)
   return dataclasses.asdict(toy_eval.Score(run.prompt, s["color"], s["geo"], s["iou"], old["seconds"],
-                                           s["backfacing"], s["floaters"], s["part_colour"]))
+                                           s["backfacing"], s["floaters"], s["part_colour"], s["part_pixels"]))
 
 
 def main(argv) -> None:
@@ -154,7 +155,8 @@ def main(argv) -> None:
       continue
     s = toy_eval.run_prompt(prompt, configs[cell], wd, classifier)
     files.write_text(wd / "score.json", json.dumps(dataclasses.asdict(s)))
-    print(f"{cell} / {prompt}: Color {s.color}, Geo {s.geo}, part colour {toy_eval.part_colour_text(s.part_colour)}, "
+    print(f"{cell} / {prompt}: Color {s.color}, Geo {s.geo}, part colour "
+          f"{toy_eval.part_colour_text(s.part_colour, s.part_pixels)}, "
           f"IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)",
           flush=True)
   scores = {}

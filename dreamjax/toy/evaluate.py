@@ -10,8 +10,9 @@ several azimuths. The independent (shape, colour) classifier (dreamjax/toy/class
   * Floaters: mean opacity of the held-out pixels outside the analytic silhouette (dilated by one pixel, so the
     object's anti-aliased rim does not count).
   * Part colour: per part of the object, the fraction of held-out views (where that part shows at least
-    MIN_PART_PIXELS pixels) whose rendered albedo inside the part's visible region is nearest, of the world's four
-    colours, to the part's prompted colour (`part_colour_hits`). The only colour score of two-part objects.
+    MIN_PART_PIXELS pixels) in which most of the part's visible pixels have a rendered albedo nearest, of the
+    world's four colours, to the part's prompted colour; `part_pixels` is the mean fraction of such pixels
+    (`part_colour_fractions`). The only colour score of two-part objects.
 
   python -m dreamjax.toy.evaluate --out docs/toy_results.md [--prompts "a red cube;a blue torus"] [--steps 600]
 
@@ -57,7 +58,8 @@ class Score:
   seconds: float
   backfacing: float = float("nan")  # sum w max(0, n.v)^2 / sum w over held-out views
   floaters: float = float("nan")  # mean opacity outside the (dilated) analytic silhouette, held-out views
-  part_colour: list | None = None  # per part: fraction of held-out views with the part's albedo colour right
+  part_colour: list | None = None  # per part: fraction of held-out views where most of its pixels are right
+  part_pixels: list | None = None  # per part: mean fraction of its visible pixels with the right albedo colour
 
 
 def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
@@ -72,24 +74,36 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
   return np.any([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
 
 
-def part_colour_hits(albedo: np.ndarray, opacity: np.ndarray, visible: np.ndarray,
-                     colours: list[str]) -> np.ndarray:
-  """Is each part's rendered colour right? albedo [N, H, W, 3] (the renderer's weight-summed albedo), opacity
+def part_colour_fractions(albedo: np.ndarray, opacity: np.ndarray, visible: np.ndarray,
+                          colours: list[str]) -> np.ndarray:
+  """How much of each part carries its colour? albedo [N, H, W, 3] (the renderer's weight-summed albedo), opacity
   [N, H, W], visible [N, H, W] int (the analytic part each pixel shows, -1 none: shapes.visible_part), colours [P]
-  the parts' prompted colour names. Returns [N, P] float: 1 where the part's mean surface albedo over its visible
-  pixels (sum albedo / sum opacity there) is nearest, in RGB, to its prompted colour among shapes.COLOURS and the
-  NeRF covers those pixels (mean opacity >= 0.5), else 0; NaN where the part shows fewer than MIN_PART_PIXELS."""
+  the parts' prompted colour names. Returns [N, P] float: the fraction of the part's visible pixels whose surface
+  albedo (albedo / opacity) is nearest, in RGB, to the part's prompted colour among shapes.COLOURS and which the
+  NeRF covers (opacity >= 0.5); NaN where the part shows fewer than MIN_PART_PIXELS pixels. Judged per pixel, so
+  a part painted half in each of two colours is not taken for their mixture's nearest colour."""
   palette = np.array([shapes.COLOURS[c] for c in shapes.COLOUR_NAMES], np.float64)
-  hits = np.full((visible.shape[0], len(colours)), np.nan)
+  surface = np.asarray(albedo, np.float64) / np.maximum(np.asarray(opacity, np.float64), 1e-6)[..., None]
+  nearest = np.argmin(np.sum((surface[..., None, :] - palette) ** 2, axis=-1), axis=-1)
+  covered = opacity >= 0.5
+  out = np.full((visible.shape[0], len(colours)), np.nan)
   for p, name in enumerate(colours):
     mask = visible == p
     count = mask.sum(axis=(1, 2))
-    cover = np.sum(opacity * mask, axis=(1, 2), dtype=np.float64)
-    mean = np.sum(albedo * mask[..., None], axis=(1, 2), dtype=np.float64) / np.maximum(cover, 1e-12)[:, None]
-    nearest = np.argmin(np.sum((mean[:, None, :] - palette[None]) ** 2, axis=-1), axis=-1)
-    right = (nearest == shapes.COLOUR_NAMES.index(name)) & (cover >= 0.5 * count)
-    hits[:, p] = np.where(count >= MIN_PART_PIXELS, right.astype(np.float64), np.nan)
-  return hits
+    right = np.sum(mask & covered & (nearest == shapes.COLOUR_NAMES.index(name)), axis=(1, 2))
+    out[:, p] = np.where(count >= MIN_PART_PIXELS, right / np.maximum(count, 1), np.nan)
+  return out
+
+
+def part_colour_scores(fractions: np.ndarray) -> tuple[list, list]:
+  """Per part: the fraction of views where most (over half) of the part's pixels are right (the part colour
+  accuracy), and the mean fraction of right pixels; NaN for a part no view shows. fractions [N, P]."""
+  acc, pix = [], []
+  for f in np.asarray(fractions).T:
+    seen = f[np.isfinite(f)]
+    acc.append(float(np.mean(seen > 0.5)) if seen.size else float("nan"))
+    pix.append(float(np.mean(seen)) if seen.size else float("nan"))
+  return acc, pix
 
 
 def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, num_views: int = 8) -> dict:
@@ -121,8 +135,8 @@ def score_params(params, config, prompt: str, classifier: clf_lib.Classifier, nu
   result["backfacing"] = float(np.sum(out["loss_orient"]) / max(np.sum(opacity), 1e-12))
   outside = ~_dilate(truth)
   result["floaters"] = float(np.sum(opacity * outside) / max(np.sum(outside), 1))
-  hits = part_colour_hits(out["albedo"], out["opacity"], visible, [q.colour for q in obj.parts])
-  result["part_colour"] = [float(np.nanmean(h)) if np.any(np.isfinite(h)) else float("nan") for h in hits.T]
+  fractions = part_colour_fractions(out["albedo"], out["opacity"], visible, [q.colour for q in obj.parts])
+  result["part_colour"], result["part_pixels"] = part_colour_scores(fractions)
   return result
 
 
@@ -137,14 +151,16 @@ def run_prompt(prompt: str, config, workdir, classifier, progress: bool = False)
   state = train.train_and_evaluate(config, wd, resume=resume, export=False, progress=progress)
   s = score_params(jax.device_get(state.params), config, prompt, classifier)
   return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"], s["floaters"],
-               s["part_colour"])
+               s["part_colour"], s["part_pixels"])
 
 
-def part_colour_text(part_colour) -> str:
-  """'100 / 25' (per part, %) for a two-part object, '–' when not scored; single objects show one figure."""
+def part_colour_text(part_colour, part_pixels=None) -> str:
+  """'0 / 100 (px 35 / 98)': per part, the part colour accuracy and the mean right-pixel fraction (%); '–' when
+  not scored."""
   if not part_colour:
     return "–"
-  return " / ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in part_colour)
+  pct = lambda vs: " / ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in vs)
+  return pct(part_colour) + (f" (px {pct(part_pixels)})" if part_pixels else "")
 
 
 def mean_part_colour(scores) -> float | None:
@@ -162,7 +178,8 @@ def table(scores: list[Score]) -> str:
   rows = ["| prompt | Color R-prec. (%) | Geo R-prec. (%) | part colour (%) | IoU | back-facing | floaters | "
           "train+eval s |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {part_colour_text(s.part_colour)} | {s.iou:.2f} | "
+  rows += [f"| {s.prompt} | {fmt(s.color)} | {fmt(s.geo)} | {part_colour_text(s.part_colour, s.part_pixels)} | "
+           f"{s.iou:.2f} | "
            f"{s.backfacing:.4f} | {s.floaters:.4f} | {s.seconds:.0f} |" for s in scores]
   singles = [s for s in scores if s.color is not None]
   mean = lambda xs: float(np.mean(xs)) if xs else None
@@ -196,7 +213,7 @@ def main(argv) -> None:
   scores = []
   for p in prompts:
     s = run_prompt(p, config, root / p.replace(" ", "_"), classifier)
-    print(f"{p}: Color {s.color}, Geo {s.geo}, part colour {part_colour_text(s.part_colour)}, IoU {s.iou:.3f}, "
+    print(f"{p}: Color {s.color}, Geo {s.geo}, part colour {part_colour_text(s.part_colour, s.part_pixels)}, IoU {s.iou:.3f}, "
           f"back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
     scores.append(s)
   text = table(scores)
