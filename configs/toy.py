@@ -40,7 +40,9 @@ def get_config():
   c.render.random_background_prob = 0.5  # the toy prior saw random backgrounds; without this the background MLP
   # alone can paint "a red cube" (a red backdrop) and the density collapses
   c.distill.guidance_scale = 30.0  # paper: 100 (for Imagen); on the toy prior 100 gave lumpier, less prompt-true
-  # shapes ("a red cube": Color 12% / Geo 25% / IoU 0.49 at 100; 88% / 50% / 0.57 at 30; one seed each)
+  # shapes ("a red cube": Color 12% / Geo 25% / IoU 0.49 at 100; 88% / 50% / 0.57 at 30; one seed each).
+  # Two-part prompts keep one colour at 10, 30 and 100 alike (and with every other setting tried): the toy prior
+  # pulls both parts to one colour (python -m dreamjax.toy.binding; docs/composition.md), so no default was changed.
   c.optim.name = "adam"
   c.optim.lr_init = 1e-4
   c.optim.lr_peak = 3e-3  # 1e-2 collapsed the density to empty at the end of the warmup (measured)

@@ -56,6 +56,7 @@ def test_two_part_prompt_keeps_both_colours(tmp_path):
   two-part prompts lose a colour to this prior (README "Composition"), so they are not asserted here."""
   config = toy.get_config()
   config.prompt = TWO_PART
+  config.train.preview_every = 0  # the CPU time goes to training (previews are tested above)
   params = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False, export=False).params
   score = evaluate.score_params(jax.device_get(params), config, TWO_PART, clf_lib.load())
   print(f"{TWO_PART}: {score}")

@@ -213,8 +213,8 @@ def main(argv) -> None:
   scores = []
   for p in prompts:
     s = run_prompt(p, config, root / p.replace(" ", "_"), classifier)
-    print(f"{p}: Color {s.color}, Geo {s.geo}, part colour {part_colour_text(s.part_colour, s.part_pixels)}, IoU {s.iou:.3f}, "
-          f"back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
+    print(f"{p}: Color {s.color}, Geo {s.geo}, part colour {part_colour_text(s.part_colour, s.part_pixels)}, "
+          f"IoU {s.iou:.3f}, back-facing {s.backfacing:.4f}, floaters {s.floaters:.4f} ({s.seconds:.0f} s)", flush=True)
     scores.append(s)
   text = table(scores)
   print(text)
