@@ -122,8 +122,7 @@ def score_toy(runs: list[Run], num_views: int) -> tuple[dict, list]:
   for run in runs:
     t0 = time.time()
     s = toy_eval.score_params(run.params, run.config, run.prompt, classifier, num_views=num_views)
-    scores.append(toy_eval.Score(run.prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"],
-                                 s["floaters"], s["part_colour"], s["part_pixels"]))
+    scores.append(toy_eval.Score.from_result(run.prompt, s, time.time() - t0))
     rows.append({"workdir": run.workdir, "prompt": run.prompt, "seed": int(run.config.seed), "step": run.step,
                  **s, "seconds": round(scores[-1].seconds, 3)})
   singles = [s for s in scores if s.color is not None]
@@ -131,10 +130,9 @@ def score_toy(runs: list[Run], num_views: int) -> tuple[dict, list]:
   if singles:
     summary["color"] = retrieval.summarize([s.color for s in singles], len(singles) * num_views)
     summary["geo"] = retrieval.summarize([s.geo for s in singles], len(singles) * num_views)
-  pairs = [s for s in scores if s.part_colour and len(s.part_colour) > 1]
+  pairs = toy_eval.two_part_colour_means(scores)
   if pairs:  # two-part objects: the mean over their parts of the part colour accuracy
-    summary["part colour"] = retrieval.summarize([float(np.nanmean(s.part_colour)) for s in pairs],
-                                                 len(pairs) * num_views)
+    summary["part colour"] = retrieval.summarize(pairs, len(pairs) * num_views)
   doc = {"kind": "toy", "protocol": {"elevation": toy_eval.EVAL_ELEVATION, "views": num_views,
                                      "size": toy_eval.EVAL_SIZE},
          "models": {"toy classifier": summary}, "runs": rows}

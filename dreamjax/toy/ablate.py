@@ -119,8 +119,7 @@ def rescore(wd: pathlib.Path, classifier) -> dict:
   run = harness.load_run(wd)
   old = json.loads((wd / "score.json").read_text())
   s = toy_eval.score_params(run.params, run.config, run.prompt, classifier)
-  return dataclasses.asdict(toy_eval.Score(run.prompt, s["color"], s["geo"], s["iou"], old["seconds"],
-                                           s["backfacing"], s["floaters"], s["part_colour"], s["part_pixels"]))
+  return dataclasses.asdict(toy_eval.Score.from_result(run.prompt, s, old["seconds"]))
 
 
 def main(argv) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from dreamjax import cameras as cam_lib
 from dreamjax.nerf import render
+from dreamjax.toy import dataset
 from dreamjax.toy import shapes
 
 T_GRID = (50, 150, 250, 350, 450, 550, 650, 750, 850, 950)  # timesteps of the preference table
@@ -72,7 +73,7 @@ def renders(obj: shapes.ToyObject, resolution: int, seed: int = 0) -> tuple[dict
     r = render.render_views(shapes.field(paint(obj, name)), jnp.zeros_like, cams, resolution, resolution,
                             jax.random.PRNGKey(0), var=0.0, light_pos=jnp.zeros((n, 3)),
                             mode=jnp.full(n, cam_lib.ALBEDO, jnp.int32),
-                            settings=render.RenderSettings(num_coarse=48, num_fine=48), randomized=False,
+                            settings=dataset.SETTINGS, randomized=False,
                             keep=("rgb", "opacity"))
     out[name] = np.clip(np.asarray(r["rgb"]) + (1.0 - np.asarray(r["opacity"]))[..., None] * bg, 0.0, 1.0)
   return out, np.asarray(shapes.visible_part(obj.arrays(), cams, resolution, resolution))
@@ -94,19 +95,26 @@ def _noised(prior, z, t, key):
 def preference(prior, prompt: str, images: dict, draws: int = 8, seed: int = 0) -> dict:
   """{paint: {'mse_c', 'mse_u', 'delta': mean Δ, 'delta_sem': SEM of Δ − Δ(true) over the (t, draw) pairs}} for
   `images` {paint: [V, R, R, 3]} (the prior's resolution) under the view captions of `prompt`."""
-  _, labels = views(next(iter(images.values())).shape[1])
-  emb_c = prior.encode_text([cam_lib.view_prompt(prompt, int(v)) for v in labels])
-  emb_u = prior.encode_text([""] * len(labels))
-  per = {name: ([], []) for name in images}
+  names = list(images)
+  first = images[names[0]]
+  _, labels = views(first.shape[1])
+  reps = (len(names), 1, 1)
+  emb_c = jnp.tile(prior.encode_text([cam_lib.view_prompt(prompt, int(v)) for v in labels]), reps)
+  emb_u = jnp.tile(prior.encode_text([""] * len(labels)), reps)
+  z = jnp.asarray(np.concatenate([2.0 * images[n] - 1.0 for n in names]), jnp.float32)  # every paint in one batch
+  abar = jnp.asarray(prior.alphas_cumprod)
+  per = {name: ([], []) for name in names}
   for i, t in enumerate(T_GRID):
     for k in range(draws):
-      key = jax.random.fold_in(jax.random.PRNGKey(seed), i * 10_000 + k)  # the same noise for every paint
-      for name, img in images.items():
-        z = jnp.asarray(2.0 * img - 1.0, jnp.float32)
-        z_t, noise, _ = _noised(prior, z, jnp.full(len(labels), t, jnp.int32), key)
-        ec, eu = _eps_pair(prior, z_t, jnp.full(len(labels), t, jnp.int32), emb_c, emb_u)
-        per[name][0].append(float(jnp.mean((ec - noise) ** 2)))
-        per[name][1].append(float(jnp.mean((eu - noise) ** 2)))
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), i * 10_000 + k)
+      noise = jnp.tile(jax.random.normal(key, first.shape, jnp.float32), reps + (1,))  # the same for every paint
+      z_t = jnp.sqrt(abar[t]) * z + jnp.sqrt(1.0 - abar[t]) * noise
+      ec, eu = _eps_pair(prior, z_t, jnp.full(z.shape[0], t, jnp.int32), emb_c, emb_u)
+      mse_c, mse_u = (np.asarray(jnp.mean((e - noise) ** 2, axis=(1, 2, 3))).reshape(len(names), -1).mean(axis=1)
+                      for e in (ec, eu))
+      for j, name in enumerate(names):
+        per[name][0].append(float(mse_c[j]))
+        per[name][1].append(float(mse_u[j]))
   true_delta = np.array(per["true"][1]) - np.array(per["true"][0]) if "true" in per else None
   out = {}
   for name, (c, u) in per.items():

@@ -61,6 +61,12 @@ class Score:
   part_colour: list | None = None  # per part: fraction of held-out views where most of its pixels are right
   part_pixels: list | None = None  # per part: mean fraction of its visible pixels with the right albedo colour
 
+  @classmethod
+  def from_result(cls, prompt: str, result: dict, seconds: float) -> "Score":
+    """The Score of `score_params`' result dict (its keys are this class's fields)."""
+    keep = {f.name for f in dataclasses.fields(cls)} - {"prompt", "seconds"}
+    return cls(prompt=prompt, seconds=seconds, **{k: v for k, v in result.items() if k in keep})
+
 
 def eval_cameras(num_views: int, offset_deg: float = 0.0) -> cam_lib.Cameras:
   az = offset_deg + np.arange(num_views) * 360.0 / num_views
@@ -150,8 +156,7 @@ def run_prompt(prompt: str, config, workdir, classifier, progress: bool = False)
   resume = (wd / "checkpoints").is_dir()
   state = train.train_and_evaluate(config, wd, resume=resume, export=False, progress=progress)
   s = score_params(jax.device_get(state.params), config, prompt, classifier)
-  return Score(prompt, s["color"], s["geo"], s["iou"], time.time() - t0, s["backfacing"], s["floaters"],
-               s["part_colour"], s["part_pixels"])
+  return Score.from_result(prompt, s, time.time() - t0)
 
 
 def part_colour_text(part_colour, part_pixels=None) -> str:
@@ -163,11 +168,16 @@ def part_colour_text(part_colour, part_pixels=None) -> str:
   return pct(part_colour) + (f" (px {pct(part_pixels)})" if part_pixels else "")
 
 
-def mean_part_colour(scores) -> float | None:
-  """Mean over the two-part objects among `scores` (Score or dicts) of their parts' mean colour accuracy."""
+def two_part_colour_means(scores) -> list[float]:
+  """For each two-part object among `scores` (Score or dicts), the mean of its parts' colour accuracy."""
   get = lambda s, k: s[k] if isinstance(s, dict) else getattr(s, k)
-  vals = [float(np.nanmean(get(s, "part_colour"))) for s in scores
+  return [float(np.nanmean(get(s, "part_colour"))) for s in scores
           if get(s, "part_colour") and len(get(s, "part_colour")) > 1]
+
+
+def mean_part_colour(scores) -> float | None:
+  """Mean over the two-part objects among `scores` of their parts' mean colour accuracy; None if there are none."""
+  vals = two_part_colour_means(scores)
   return float(np.mean(vals)) if vals else None
 
 
