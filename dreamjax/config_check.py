@@ -164,7 +164,7 @@ def _fields() -> dict:
       "export.mesh_formats": Choice(("obj", "ply", "glb"), many=True),
       # An edit's run (python -m dreamjax.edit) only; OPTIONAL_SECTIONS.
       "edit.source": Text(), "edit.source_prompt": Text(), "edit.source_step": Int(0), "edit.num_steps": Int(0),
-      "edit.trainable": Choice(("all", "appearance")),
+      "edit.trainable": Choice(("all", "appearance")), "edit.keep_opacity": NON_NEGATIVE,
   }
 
 

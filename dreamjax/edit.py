@@ -89,7 +89,8 @@ def edit_config(source_config: ml_collections.ConfigDict, overlay: ml_collection
   with c.unlocked():
     c.edit = ml_collections.ConfigDict({"source": source, "source_prompt": source_prompt, "source_step": source_step,
                                         "num_steps": int(overlay.edit.num_steps),
-                                        "trainable": overlay.edit.get("trainable", "all")})
+                                        "trainable": overlay.edit.get("trainable", "all"),
+                                        "keep_opacity": float(overlay.edit.get("keep_opacity", 0.0))})
   return c
 
 

@@ -61,25 +61,40 @@ def render_pair(scene, params: dict, source_params: dict, view, rng, step) -> tu
   return jax.tree_util.tree_map(lambda x: x[0], both), jax.tree_util.tree_map(lambda x: x[1], both)
 
 
+def keep_opacity_loss(opacity, source_opacity):
+  """The edit's identity term: mean squared difference of the edited and the source render's opacity [H, W] (both
+  in [0, 1]), so geometry may move only where the prompt's gradient outweighs it. 0 when the silhouettes agree."""
+  return jnp.mean(jnp.square(opacity - jax.lax.stop_gradient(source_opacity)))
+
+
 def camera_terms(settings: objective.StepSettings, prior: Prior, params: dict, prior_params: PyTree,
-                 inputs: EditInputs, key, step, trainable: str = "all") -> tuple[dict, dict]:
+                 inputs: EditInputs, key, step, trainable: str = "all", keep_opacity: float = 0.0
+                 ) -> tuple[dict, dict]:
   """The weighted loss terms of one editing camera and its metrics (as `objective.camera_terms`). With an editing
   rule (dds, pds) the distillation term is `distill.surrogate_loss(z, g)` of `edit_rules.edit_step`'s g; with sds
   it is the ordinary SDS loss toward the target prompt (the source is then only the starting point). `trainable`
-  (`trainable_part`) says which parameters the edit may change."""
+  (`trainable_part`) says which parameters the edit may change; `keep_opacity` weighs `keep_opacity_loss`."""
   params = trainable_part(params, trainable)
   view, (k_render, k_latent, k_distill) = objective.training_view(settings, key, step)
   cond = prior.condition(inputs.text, view)
-  if settings.rule.is_edit:
+  source = None
+  if settings.rule.is_edit or keep_opacity:
     out, source = render_pair(settings.scene, params, inputs.source_params, view, k_render, step)
+  if settings.rule.is_edit:
     images = jnp.stack([out["rgb"], jax.lax.stop_gradient(source["rgb"])])  # one computation: bit-equal latents
     z, z_src = jax.vmap(lambda x: prior.to_latents(prior_params, x, k_latent))(images)
     g, aux = edit_rules.edit_step(settings.rule, prior, prior_params, z, z_src, k_distill, cond, inputs.text.uncond,
                                   prior.condition(inputs.source_text, view), inputs.source_text.uncond)
     loss_distill = distill.surrogate_loss(z, g)
   else:
-    out = objective.render_view(settings.scene, params, view, k_render, step)
+    if source is None:
+      out = objective.render_view(settings.scene, params, view, k_render, step)
     loss_distill, aux = objective.prior_loss(prior, prior_params, settings.rule, out["rgb"], cond, inputs.text,
                                              latent_rng=k_latent, distill_rng=k_distill)
   reg_terms, reg_metrics = objective.regulariser_terms(settings.loss, out, step)
-  return {"distill": loss_distill} | reg_terms, objective.camera_metrics(loss_distill, out, aux, view) | reg_metrics
+  terms = {"distill": loss_distill} | reg_terms | {"keep": jnp.zeros((), jnp.float32)}
+  metrics = objective.camera_metrics(loss_distill, out, aux, view) | reg_metrics
+  if source is not None:
+    metrics["loss_keep"] = keep_opacity_loss(out["opacity"], source["opacity"])
+    terms["keep"] = keep_opacity * metrics["loss_keep"]
+  return terms, metrics

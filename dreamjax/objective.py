@@ -103,7 +103,8 @@ def prior_loss(prior: Prior, prior_params: PyTree, rule: distill.Rule, image: jn
   return distill.surrogate_loss(z, g), aux | {"z": z}
 
 
-TERMS = ("distill", "orient", "opacity", "emptiness", "center_depth")  # one camera's loss terms, as weighted
+# One camera's loss terms, as weighted. "keep" is an edit's identity term (edit_objective; zero when training).
+TERMS = ("distill", "orient", "opacity", "emptiness", "center_depth", "keep")
 
 
 def training_view(settings: StepSettings, key, step) -> tuple[cam_lib.View, tuple]:
@@ -142,7 +143,8 @@ def camera_terms(settings: StepSettings, prior: Prior, params: dict, prior_param
   loss_distill, aux = prior_loss(prior, prior_params, settings.rule, out["rgb"], prior.condition(text, view), text,
                                  latent_rng=k_latent, distill_rng=k_distill)
   reg_terms, reg_metrics = regulariser_terms(settings.loss, out, step)
-  return {"distill": loss_distill} | reg_terms, camera_metrics(loss_distill, out, aux, view) | reg_metrics
+  terms = {"distill": loss_distill} | reg_terms | {"keep": jnp.zeros((), jnp.float32)}
+  return terms, camera_metrics(loss_distill, out, aux, view) | reg_metrics
 
 
 def camera_metrics(loss_distill, out: dict, aux: dict, view: cam_lib.View) -> dict:

@@ -292,3 +292,40 @@ def test_an_appearance_edit_changes_only_the_albedo_head_and_background():
     assert (float(np.max(np.abs(np.asarray(g)))) > 0) == trainable, names
   with pytest.raises(ValueError, match="config.edit.trainable"):
     edit_objective.trainable_part(params, "geometry")
+
+
+def test_keep_opacity_is_the_mean_squared_opacity_change_and_pulls_back_toward_the_source():
+  """edit.keep_opacity: the "keep" term of an edit camera is weight * mean((opacity_edit - opacity_source)^2) over the
+  render (checked against float64 NumPy on the two renders), exactly zero for the unchanged scene, and its gradient
+  step moves the edited opacity back toward the source's (first order: the keep term decreases)."""
+  config = small_config()
+  config.distill = distill.default_distill_config("pds")
+  prior = fast_oracle()
+  settings = objective.StepSettings.from_config(config)
+  source = jax.device_get(ts_lib.create(config)).params
+  edited = jax.tree_util.tree_map(lambda x: x * 1.1, source)  # another scene of the same architecture
+  text = step_lib.text_embeddings(prior, config)
+  weight = 7.0
+
+  def terms(p, src):
+    return edit_objective.camera_terms(settings, prior, p, prior.params, edit_objective.EditInputs(text, text, src),
+                                       jax.random.PRNGKey(3), 5, keep_opacity=weight)
+  same, _ = jax.jit(terms)(source, source)
+  assert float(same["keep"]) == 0.0
+  got, _ = jax.jit(terms)(edited, source)
+  view, (k_render, _, _) = objective.training_view(settings, jax.random.PRNGKey(3), 5)
+  out, src = edit_objective.render_pair(settings.scene, edited, source, view, k_render, 5)
+  a, b = np.asarray(out["opacity"], np.float64), np.asarray(src["opacity"], np.float64)
+  want = weight * np.mean((a - b) ** 2)
+  assert want > 0
+  np.testing.assert_allclose(float(got["keep"]), want, rtol=1e-5)
+  keep = lambda p: terms(p, source)[0]["keep"]
+  g = jax.jit(jax.grad(keep))(edited)
+  stepped = jax.tree_util.tree_map(lambda p, d: p - 1e-3 * d / _global_norm(g), edited, g)
+  assert float(keep(stepped)) < float(got["keep"])
+
+
+def _global_norm(tree) -> float:
+  """The float64 L2 norm of a pytree."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64)))) for x in leaves)))

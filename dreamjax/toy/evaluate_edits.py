@@ -3,7 +3,7 @@ classifier and by how much of the source's shape the edit keeps.
 
   python -m dreamjax.toy.evaluate_edits --root runs/edits --steps 200 --out docs/edits.md \\
       [--pairs "a red cube>a blue cube;a red sphere>a red cube"] [--methods pds,dds,sds] [--trainable appearance]
-      [--shard 0/2]
+      [--keep_opacity 1000] [--shard 0/2]
 
 Sources are trained with configs/toy.py into ROOT/source/<prompt> (kept: a source that exists is reused); each edit
 runs `python -m dreamjax.edit`'s code into ROOT/<method>/<source>__<target> and writes score.json there (an edit with a
@@ -136,6 +136,8 @@ def main(argv) -> None:
     overlay = importlib.import_module(f"configs.edit_{method}").get_config()
     overlay.edit.num_steps = f.steps
     overlay.edit.trainable = f.trainable
+    if f.keep_opacity >= 0:
+      overlay.edit.keep_opacity = f.keep_opacity
     if method == "sds":  # plain SDS continues with the source run's own rule (the toy's guidance 30)
       overlay.distill = source_config.distill
     config = edit_lib.edit_config(source_config, overlay, prompt=tgt, source_prompt=src, source=str(src_dir.resolve()),
@@ -171,6 +173,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 200, "Steps per edit.")
   flags.DEFINE_string("root", "runs/edits", "Sources and edits go below this folder.")
   flags.DEFINE_enum("trainable", "all", ["all", "appearance"], "What the edits may change (config.edit.trainable).")
+  flags.DEFINE_float("keep_opacity", -1.0, "config.edit.keep_opacity of the edits (default: each method's config).")
   flags.DEFINE_string("shard", "0/1", "i/n: run every n-th edit starting at i.")
   flags.DEFINE_string("out", "", "Write the markdown table here too.")
   cli.run(main, "toy.evaluate_edits", errors=(config_check.ConfigError, workdir_lib.WorkdirError,
