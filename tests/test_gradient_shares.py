@@ -61,7 +61,7 @@ def test_norms_match_each_terms_own_gradient_and_shares_sum_to_one():
   got = _shares(config, prior, state, 1)
   ref = _reference_norms(config, prior, state)
   for name in objective.TERMS:
-    assert ref[name] > 0
+    assert (ref[name] > 0) == (name != "keep")  # "keep" is an edit's term: zero when training
     np.testing.assert_allclose(got[f"grad_term_norm/{name}"], ref[name], rtol=2e-4)
   total = sum(ref.values())
   for name in objective.TERMS:
@@ -78,7 +78,7 @@ def test_a_zero_weight_gives_share_zero():
   prior = fast_oracle()
   got = _shares(config, prior, jax.device_get(ts_lib.create(config)), 1)
   assert got["grad_share/opacity"] == 0.0 and got["grad_term_norm/opacity"] == 0.0
-  others = [n for n in objective.TERMS if n != "opacity"]
+  others = [n for n in objective.TERMS if n not in ("opacity", "keep")]  # keep: an edit's term, zero here
   assert all(got[f"grad_share/{n}"] > 0 for n in others)
   assert abs(sum(got[f"grad_share/{n}"] for n in others) - 1.0) < 1e-5
 
