@@ -2,15 +2,8 @@
 path (pyproject's pytest `pythonpath`), so tests import configs as `from configs import tiny`."""
 
 import os
-import pathlib
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-# JAX's persistent compilation cache in the clone's .pytest_cache, shared by both test workers and every subprocess
-# the tests start (they inherit the environment): many tests compile the same programs (the tiny config's train step)
-# in fresh processes. Entries are keyed by the program, the compile options and the JAX version, so a hit is the very
-# executable a compile would give. A fresh clone (CI) starts empty.
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "xla"
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 
 import pytest  # noqa: E402  (after the XLA flag, which must be set before JAX is imported)
 
