@@ -63,7 +63,7 @@ def render_pair(scene, params: dict, source_params: dict, view, rng, step) -> tu
 
 def keep_opacity_loss(opacity, source_opacity):
   """The edit's identity term: mean squared difference of the edited and the source render's opacity [H, W] (both
-  in [0, 1]), so geometry may move only where the prompt's gradient outweighs it. 0 when the silhouettes agree."""
+  in [0, 1]), so geometry may move only where the prompt's gradient outweighs it. 0 when the opacities agree."""
   return jnp.mean(jnp.square(opacity - jax.lax.stop_gradient(source_opacity)))
 
 
@@ -77,9 +77,10 @@ def camera_terms(settings: objective.StepSettings, prior: Prior, params: dict, p
   params = trainable_part(params, trainable)
   view, (k_render, k_latent, k_distill) = objective.training_view(settings, key, step)
   cond = prior.condition(inputs.text, view)
-  source = None
-  if settings.rule.is_edit or keep_opacity:
+  if settings.rule.is_edit or keep_opacity:  # the source render is needed
     out, source = render_pair(settings.scene, params, inputs.source_params, view, k_render, step)
+  else:
+    out, source = objective.render_view(settings.scene, params, view, k_render, step), None
   if settings.rule.is_edit:
     images = jnp.stack([out["rgb"], jax.lax.stop_gradient(source["rgb"])])  # one computation: bit-equal latents
     z, z_src = jax.vmap(lambda x: prior.to_latents(prior_params, x, k_latent))(images)
@@ -87,14 +88,12 @@ def camera_terms(settings: objective.StepSettings, prior: Prior, params: dict, p
                                   prior.condition(inputs.source_text, view), inputs.source_text.uncond)
     loss_distill = distill.surrogate_loss(z, g)
   else:
-    if source is None:
-      out = objective.render_view(settings.scene, params, view, k_render, step)
     loss_distill, aux = objective.prior_loss(prior, prior_params, settings.rule, out["rgb"], cond, inputs.text,
                                              latent_rng=k_latent, distill_rng=k_distill)
   reg_terms, reg_metrics = objective.regulariser_terms(settings.loss, out, step)
-  terms = {"distill": loss_distill} | reg_terms | {"keep": jnp.zeros((), jnp.float32)}
   metrics = objective.camera_metrics(loss_distill, out, aux, view) | reg_metrics
+  keep = jnp.zeros((), jnp.float32)
   if source is not None:
     metrics["loss_keep"] = keep_opacity_loss(out["opacity"], source["opacity"])
-    terms["keep"] = keep_opacity * metrics["loss_keep"]
-  return terms, metrics
+    keep = keep_opacity * metrics["loss_keep"]
+  return {"distill": loss_distill} | reg_terms | {"keep": keep}, metrics

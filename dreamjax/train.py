@@ -150,7 +150,7 @@ def _run(config, workdir: pathlib.Path, *, resume, changed, prior, num_devices, 
     text = edit_objective.EditInputs(text=text, source_text=step_lib.text_embeddings(prior, source_config, warn=warn),
                                      source_params=source_params)
     terms = functools.partial(edit_objective.camera_terms, trainable=config.edit.trainable,
-                              keep_opacity=float(config.edit.get("keep_opacity", 0.0)))
+                              keep_opacity=float(config.edit.keep_opacity))
 
   if is_main and (changed or not ckpt_lib.config_path(workdir).exists()):
     ckpt_lib.save_config(workdir, config)
