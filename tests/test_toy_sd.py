@@ -142,6 +142,32 @@ def test_batches_depend_only_on_seed_stage_and_step():
   assert not np.array_equal(a[0], c[0])
 
 
+def test_standardised_latent_channels_are_an_exact_reparametrisation(random_toy_folder):
+  """Folding per-channel centring and unit std into the VAE's 1x1 convs: (1) the new encoder mean is the float64
+  affine map (old - mu) / sigma of the old one, (2) decoding corresponding latents gives the same image, (3) the new
+  latents' per-channel moments, measured the same way, are (0, 1)."""
+  _, params, (_, vae, _) = random_toy_folder
+  vp = jax.tree_util.tree_map(jnp.asarray, params["vae"])  # offsets and unequal scales, as a trained VAE has them
+  vp["quant_conv"]["bias"] = vp["quant_conv"]["bias"].at[:4].add(jnp.array([3.0, -1.0, 0.5, 0.0]))
+  vp["quant_conv"]["kernel"] = vp["quant_conv"]["kernel"].at[..., 0].multiply(5.0)
+  rng = np.random.default_rng(0)
+  data = {"fg": rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8),
+          "alpha": rng.integers(0, 255, (16, 32, 32), dtype=np.uint8), "obj": np.arange(16) % len(shapes.OBJECTS)}
+  new, stats = train_sd.standardise_latent_channels(vae, vp, data, num=256)
+  mu, sigma = np.asarray(stats["channel_mean"], np.float64), np.asarray(stats["channel_std"], np.float64)
+  assert np.ptp(mu) > 0.5 and sigma.max() / sigma.min() > 2.0  # far from standard before the fold
+  x = jnp.asarray(train_sd.make_batch(data, np.random.default_rng(7), 8)[0])
+  old_mean, old_logvar = (np.asarray(m, np.float64) for m in train_sd.encode_moments(vae, vp, x))
+  new_mean, new_logvar = (np.asarray(m, np.float64) for m in train_sd.encode_moments(vae, new, x))
+  np.testing.assert_allclose(new_mean, (old_mean - mu) / sigma, atol=1e-4)
+  np.testing.assert_allclose(new_logvar, old_logvar - 2 * np.log(sigma), atol=1e-4)
+  np.testing.assert_allclose(train_sd.decode(vae, new, jnp.asarray(new_mean, jnp.float32)),
+                             train_sd.decode(vae, vp, jnp.asarray(old_mean, jnp.float32)), atol=1e-4)
+  _, again = train_sd.standardise_latent_channels(vae, new, data, num=256)
+  np.testing.assert_allclose(again["channel_mean"], 0.0, atol=1e-4)
+  np.testing.assert_allclose(again["channel_std"], 1.0, atol=1e-4)
+
+
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "dreamjax.toy.train_sd", *args], cwd=ROOT, capture_output=True,
                         text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -158,6 +184,9 @@ def test_cli_refuses_to_overwrite_the_shipped_model_and_bad_flags(tmp_path):
   assert r.returncode == 2 and "--resume" in r.stderr and not (tmp_path / "m").exists()
   r = _cli("--out", str(tmp_path / "m"), "--unet_lr", "nan")
   assert r.returncode == 2 and "--unet_lr" in r.stderr
+  r = _cli("--out", str(tmp_path / "m"), "--vae_from", str(tmp_path))
+  assert r.returncode == 2 and "--vae_from" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "m").exists()
 
 
 def test_shipped_model_loads_like_a_hub_snapshot(monkeypatch, tmp_path):

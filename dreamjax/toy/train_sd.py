@@ -176,6 +176,40 @@ def measure_scaling_factor(vae, vae_params, data: dict, num: int = 2048, seed: i
           "num_renders": int(len(z))}
 
 
+def standardise_latent_channels(vae, vae_params, data: dict, num: int = 2048, seed: int = 11) -> tuple[dict, dict]:
+  """Centres each latent channel and gives it unit std, folded into the VAE's 1x1 quant_conv (encoder side) and
+  post_quant_conv (decoder side): an exact reparametrisation, decode(encode(x)) is unchanged.
+
+  Why: a VAE trained with a small KL term leaves channels with large, unequal offsets (the first toy VAE: scaled
+  channel means -0.31, -0.24, 1.50, 1.50 against stds 0.32-0.58), so one global 1 / std (SD's scaling_factor) leaves
+  the image's structure at about a third of unit scale and the noise schedule erases it early. With z' = (z - mu) /
+  sigma per channel: quant_conv's mean outputs become (W x + b - mu) / sigma, its log-variance outputs shift by
+  -2 log sigma, and post_quant_conv's input weights are scaled by sigma with W mu added to its bias.
+  Returns (new VAE params, {"channel_mean": mu, "channel_std": sigma} of the old latents, as lists).
+  """
+  rng = np.random.default_rng(seed)
+  fn = jax.jit(lambda p, x, k: _sample_latent(vae, p, x, k))
+  z = np.concatenate([np.asarray(fn(vae_params, jnp.asarray(make_batch(data, rng, 256)[0]), jax.random.PRNGKey(i)))
+                      for i in range(max(1, num // 256))]).reshape(-1, sd_folder.VAE_CONFIG["latent_channels"])
+  mu, sigma = z.mean(0).astype(np.float64), z.std(0).astype(np.float64)
+  c = len(mu)
+  p = jax.tree_util.tree_map(lambda x: np.array(x, np.float64), jax.device_get(vae_params))
+  q, pq = p["quant_conv"], p["post_quant_conv"]
+  q["kernel"][..., :c] /= sigma
+  q["bias"][:c] = (q["bias"][:c] - mu) / sigma
+  q["bias"][c:] -= 2.0 * np.log(sigma)
+  pq["bias"] = pq["bias"] + mu @ pq["kernel"][0, 0]
+  pq["kernel"] = pq["kernel"] * sigma[None, None, :, None]
+  new = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), p)
+  return new, {"channel_mean": [float(x) for x in mu], "channel_std": [float(x) for x in sigma]}
+
+
+def load_vae(folder: str) -> dict:
+  """The VAE params of a finished SD folder (`--vae_from`), read by the SD loader."""
+  from dreamjax.priors.stable_diffusion import StableDiffusion
+  return jax.tree_util.tree_map(jnp.asarray, StableDiffusion.from_pretrained(str(folder)).params["vae"])
+
+
 def _sample_latent(vae, p, x, key):
   mean, logvar = encode_moments(vae, p, x)
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
@@ -383,6 +417,9 @@ def check_flags(a) -> None:
     raise ValueError(f"--kl_weight must be a finite number >= 0 (got {a.kl_weight})")
   if not 0.0 <= a.max_minutes < float("inf"):
     raise ValueError(f"--max_minutes must be >= 0 (got {a.max_minutes})")
+  if a.vae_from and not (pathlib.Path(a.vae_from).expanduser() / "vae" / "config.json").is_file():
+    raise ValueError(f"--vae_from {a.vae_from!r} holds no vae/config.json; pass a finished SD folder (e.g. the shipped "
+                     f"{SHIPPED})")
   out = pathlib.Path(a.out).expanduser()
   if out.exists() and not out.is_dir():
     raise ValueError(f"--out {str(out)!r} is a file, not a folder; pass a folder for the model")
@@ -412,13 +449,27 @@ def train(a, log=print) -> dict:
   data = ds.load_or_generate(a.data, a.num_data, a.data_seed)
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed)
   if state["stage"] == "vae":
-    state = train_vae(state, vae, data, a, log)
-    if state.pop("stopped", False):
-      return {}
-    ema_vae = state["ema"]["vae"]
+    if a.vae_from:
+      ema_vae = load_vae(a.vae_from)
+      trained = json.loads((pathlib.Path(a.vae_from) / SUMMARY_FILE).read_text()).get("vae", {}) if (
+          pathlib.Path(a.vae_from) / SUMMARY_FILE).exists() else {}
+      record = {"from": str(a.vae_from), "steps": trained.get("steps"), "final_mse": trained.get("final_mse"),
+                "wall_s": trained.get("wall_s")}
+      log(f"VAE: taken from {a.vae_from} (not trained here)")
+    else:
+      state = train_vae(state, vae, data, a, log)
+      if state.pop("stopped", False):
+        return {}
+      ema_vae = state["ema"]["vae"]
+      record = {"steps": a.vae_steps, "final_mse": state["curves"]["vae"][-1],
+                "wall_s": state["extra"].get("vae_wall_s")}
+    if a.standardise_latents:
+      ema_vae, record["standardised"] = standardise_latent_channels(vae, ema_vae, data)
+      log("VAE latent channels standardised (folded into quant_conv / post_quant_conv): old means "
+          f"{np.round(record['standardised']['channel_mean'], 3).tolist()}, stds "
+          f"{np.round(record['standardised']['channel_std'], 3).tolist()}")
     state["extra"]["vae"] = measure_scaling_factor(vae, ema_vae, data) | {
-        "heldout_psnr_db": vae_psnr(vae, ema_vae, holdout), "steps": a.vae_steps,
-        "final_mse": state["curves"]["vae"][-1], "wall_s": state["extra"].get("vae_wall_s")}
+        "heldout_psnr_db": vae_psnr(vae, ema_vae, holdout)} | record
     log(f"VAE: held-out PSNR {state['extra']['vae']['heldout_psnr_db']:.2f} dB, latent std "
         f"{state['extra']['vae']['latent_std']:.4f} -> scaling_factor {state['extra']['vae']['scaling_factor']:.5f}")
     state.update(stage="unet", step=0, opt=None, scaling_factor=state["extra"]["vae"]["scaling_factor"])
@@ -558,6 +609,10 @@ if __name__ == "__main__":
   flags.DEFINE_integer("vae_batch", 32, "VAE batch size.")
   flags.DEFINE_float("vae_lr", 1e-3, "Peak Adam learning rate of the VAE.")
   flags.DEFINE_float("unet_lr", 1e-3, "Peak Adam learning rate of the UNet (and text encoder).")
+  flags.DEFINE_string("vae_from", "", "Take the VAE of this finished SD folder instead of training one (the UNet "
+                      "and text encoder are trained anew).")
+  flags.DEFINE_bool("standardise_latents", True, "Centre the VAE's latent channels and give them unit std (an exact "
+                    "reparametrisation folded into its 1x1 convs) before the scaling_factor is measured.")
   flags.DEFINE_float("kl_weight", 1e-6, "KL weight of the VAE loss (means over pixels and latents).")
   flags.DEFINE_enum("text", "trained", ["trained", "frozen"], "Train the CLIP text encoder with the UNet, or keep "
                     "its random initialisation.")
