@@ -531,10 +531,14 @@ def model_card(summary: dict) -> str:
       "0.375 textureless, re-composited over fresh random backgrounds and flipped left-right at every step; captions "
       "`\"{prompt}, {view} view\"`. Held-out: 512 renders, seed " + f"{summary['data']['holdout_seed']}.",
       "", "## Training",
-      f"- VAE: {v['steps']} steps, batch {u.get('vae_batch', '?')}, Adam 1e-3 (warm-up, cosine), "
+      (f"- VAE (taken from `{v['from']}`, not retrained): " if v.get("from") else "- VAE: ") +
+      f"{v['steps']} steps, batch {u.get('vae_batch', '?')}, Adam 1e-3 (warm-up, cosine), "
       "|D(z) - x|² + 1e-6 KL; "
       f"final training MSE {v['final_mse']:.4f} (images in [-1, 1]); **held-out PSNR {v['heldout_psnr_db']:.2f} dB** "
-      f"(decoded posterior mean, images in [0, 1]); {v['wall_s']:.0f} s.",
+      f"(decoded posterior mean, images in [0, 1]); {v['wall_s']:.0f} s." + (
+          " Latent channels standardised (folded into quant_conv / post_quant_conv; old means "
+          + ", ".join(f"{x:.3f}" for x in v["standardised"]["channel_mean"]) + ", stds "
+          + ", ".join(f"{x:.3f}" for x in v["standardised"]["channel_std"]) + ")." if v.get("standardised") else ""),
       f"- UNet + text encoder: {u['steps']} steps, batch {u['batch']}, Adam {u['lr']} (warm-up, cosine to 1/10), "
       f"{100 * u['p_uncond']:.0f}% empty captions, EMA {u['ema_decay']} (shipped); final loss {u['final_loss']:.4f}; "
       f"{u['wall_s']:.0f} s on the 2-core CPU" + (f" ({u['wall_note']})" if u.get("wall_note") else "") +
@@ -611,8 +615,9 @@ if __name__ == "__main__":
   flags.DEFINE_float("unet_lr", 1e-3, "Peak Adam learning rate of the UNet (and text encoder).")
   flags.DEFINE_string("vae_from", "", "Take the VAE of this finished SD folder instead of training one (the UNet "
                       "and text encoder are trained anew).")
-  flags.DEFINE_bool("standardise_latents", True, "Centre the VAE's latent channels and give them unit std (an exact "
-                    "reparametrisation folded into its 1x1 convs) before the scaling_factor is measured.")
+  flags.DEFINE_bool("standardise_latents", False, "Centre the VAE's latent channels and give them unit std (an "
+                    "exact reparametrisation folded into its 1x1 convs) before the scaling_factor is measured. Off by "
+                    "default: measured on 'a red cube' it did not make text-to-3D draw shapes (docs/toy_sd.md).")
   flags.DEFINE_float("kl_weight", 1e-6, "KL weight of the VAE loss (means over pixels and latents).")
   flags.DEFINE_enum("text", "trained", ["trained", "frozen"], "Train the CLIP text encoder with the UNet, or keep "
                     "its random initialisation.")
