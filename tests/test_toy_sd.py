@@ -108,6 +108,17 @@ def test_written_folder_loads_through_the_sd_loader_unchanged(random_toy_folder)
   assert (cfg["beta_schedule"], cfg["prediction_type"]) == ("scaled_linear", "epsilon")
 
 
+def test_load_folder_gives_back_the_written_weights(random_toy_folder):
+  """`--init` / `--vae_from` read a finished folder through the SD loader: the UNet, VAE and text encoder come back
+  equal to the Flax weights that were written, in the trees the trainer builds."""
+  folder, params, _ = random_toy_folder
+  loaded = train_sd.load_folder(str(folder))
+  for k in ("unet", "vae", "text_encoder"):
+    assert jax.tree_util.tree_structure(loaded[k]) == jax.tree_util.tree_structure(params[k]), k
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), loaded[k],
+                           params[k])
+
+
 def test_train_state_round_trip(random_toy_folder, tmp_path):
   """A saved training state resumes with the same step, weights, EMA, optimiser state and loss curves."""
   _, params, (unet, vae, text) = random_toy_folder
@@ -184,8 +195,11 @@ def test_cli_refuses_to_overwrite_the_shipped_model_and_bad_flags(tmp_path):
   assert r.returncode == 2 and "--resume" in r.stderr and not (tmp_path / "m").exists()
   r = _cli("--out", str(tmp_path / "m"), "--unet_lr", "nan")
   assert r.returncode == 2 and "--unet_lr" in r.stderr
-  r = _cli("--out", str(tmp_path / "m"), "--vae_from", str(tmp_path))
-  assert r.returncode == 2 and "--vae_from" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  for flag in ("--vae_from", "--init"):
+    r = _cli("--out", str(tmp_path / "m"), flag, str(tmp_path))
+    assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1
+  r = _cli("--out", str(tmp_path / "m"), "--init", str(shipped), "--standardise_latents")
+  assert r.returncode == 2 and "--standardise_latents" in r.stderr
   assert not (tmp_path / "m").exists()
 
 

@@ -204,10 +204,12 @@ def standardise_latent_channels(vae, vae_params, data: dict, num: int = 2048, se
   return new, {"channel_mean": [float(x) for x in mu], "channel_std": [float(x) for x in sigma]}
 
 
-def load_vae(folder: str) -> dict:
-  """The VAE params of a finished SD folder (`--vae_from`), read by the SD loader."""
+def load_folder(folder: str) -> dict:
+  """{unet, vae, text_encoder} params of a finished SD folder (`--vae_from`, `--init`), read by the SD loader."""
   from dreamjax.priors.stable_diffusion import StableDiffusion
-  return jax.tree_util.tree_map(jnp.asarray, StableDiffusion.from_pretrained(str(folder)).params["vae"])
+  prior = StableDiffusion.from_pretrained(str(folder))
+  params = {"unet": prior.params["unet"], "vae": prior.params["vae"], "text_encoder": prior.text_params}
+  return jax.tree_util.tree_map(jnp.asarray, params)
 
 
 def _sample_latent(vae, p, x, key):
@@ -417,9 +419,14 @@ def check_flags(a) -> None:
     raise ValueError(f"--kl_weight must be a finite number >= 0 (got {a.kl_weight})")
   if not 0.0 <= a.max_minutes < float("inf"):
     raise ValueError(f"--max_minutes must be >= 0 (got {a.max_minutes})")
-  if a.vae_from and not (pathlib.Path(a.vae_from).expanduser() / "vae" / "config.json").is_file():
-    raise ValueError(f"--vae_from {a.vae_from!r} holds no vae/config.json; pass a finished SD folder (e.g. the shipped "
-                     f"{SHIPPED})")
+  for name in ("vae_from", "init"):
+    if a[name].value and not (pathlib.Path(a[name].value).expanduser() / "model_index.json").is_file():
+      raise ValueError(f"--{name} {a[name].value!r} holds no model_index.json; pass a finished SD folder (e.g. the "
+                       f"shipped {SHIPPED})")
+  if a.init and a.vae_from and pathlib.Path(a.init).resolve() != pathlib.Path(a.vae_from).resolve():
+    raise ValueError("--init and --vae_from name different folders; --init takes its VAE from the same folder")
+  if a.init and a.standardise_latents:
+    raise ValueError("--standardise_latents with --init would change the latents the UNet was trained on; drop one")
   out = pathlib.Path(a.out).expanduser()
   if out.exists() and not out.is_dir():
     raise ValueError(f"--out {str(out)!r} is a file, not a folder; pass a folder for the model")
@@ -449,13 +456,20 @@ def train(a, log=print) -> dict:
   data = ds.load_or_generate(a.data, a.num_data, a.data_seed)
   holdout = ds.load_or_generate(a.holdout, 512, a.holdout_seed)
   if state["stage"] == "vae":
-    if a.vae_from:
-      ema_vae = load_vae(a.vae_from)
-      trained = json.loads((pathlib.Path(a.vae_from) / SUMMARY_FILE).read_text()).get("vae", {}) if (
-          pathlib.Path(a.vae_from) / SUMMARY_FILE).exists() else {}
-      record = {"from": str(a.vae_from), "steps": trained.get("steps"), "final_mse": trained.get("final_mse"),
+    if a.init:
+      loaded = load_folder(a.init)
+      for k in ("unet", "text_encoder"):
+        state["params"][k] = loaded[k]
+        state["ema"][k] = jax.tree_util.tree_map(jnp.copy, loaded[k])
+      log(f"UNet and text encoder start from {a.init}")
+      state["extra"]["init"] = {"from": str(a.init), "unet": _summary(a.init).get("unet", {}).get("steps")}
+    vae_from = a.vae_from or a.init
+    if vae_from:
+      ema_vae = loaded["vae"] if a.init else load_folder(vae_from)["vae"]
+      trained = _summary(vae_from).get("vae", {})
+      record = {"from": str(vae_from), "steps": trained.get("steps"), "final_mse": trained.get("final_mse"),
                 "wall_s": trained.get("wall_s")}
-      log(f"VAE: taken from {a.vae_from} (not trained here)")
+      log(f"VAE: taken from {vae_from} (not trained here)")
     else:
       state = train_vae(state, vae, data, a, log)
       if state.pop("stopped", False):
@@ -488,7 +502,8 @@ def train(a, log=print) -> dict:
       "unet": {"steps": a.unet_steps, "batch": a.batch, "vae_batch": a.vae_batch, "lr": a.unet_lr, "text": a.text,
                "p_uncond": a.p_uncond,
                "ema_decay": a.ema_decay, "loss_curve": state["curves"]["unet"],
-               "final_loss": state["curves"]["unet"][-1], "wall_s": state["extra"].get("unet_wall_s")},
+               "final_loss": state["curves"]["unet"][-1], "wall_s": state["extra"].get("unet_wall_s"),
+               "init": state["extra"].get("init")},
       "heldout_eps_mse": heldout_eps_mse(prior, holdout),
       "caption_following": caption_following(prior),
       "seed": a.seed,
@@ -539,7 +554,9 @@ def model_card(summary: dict) -> str:
           " Latent channels standardised (folded into quant_conv / post_quant_conv; old means "
           + ", ".join(f"{x:.3f}" for x in v["standardised"]["channel_mean"]) + ", stds "
           + ", ".join(f"{x:.3f}" for x in v["standardised"]["channel_std"]) + ")." if v.get("standardised") else ""),
-      f"- UNet + text encoder: {u['steps']} steps, batch {u['batch']}, Adam {u['lr']} (warm-up, cosine to 1/10), "
+      f"- UNet + text encoder: {u['steps']} steps" + (
+          f" continuing `{u['init']['from']}` (after its {u['init']['unet']} steps)" if u.get("init") else "") +
+      f", batch {u['batch']}, Adam {u['lr']} (warm-up, cosine to 1/10), "
       f"{100 * u['p_uncond']:.0f}% empty captions, EMA {u['ema_decay']} (shipped); final loss {u['final_loss']:.4f}; "
       f"{u['wall_s']:.0f} s on the 2-core CPU" + (f" ({u['wall_note']})" if u.get("wall_note") else "") +
       f". Loss per {len(u['loss_curve'])} saves: "
@@ -559,6 +576,12 @@ def model_card(summary: dict) -> str:
             "Sample grids: `samples/<prompt>.png`, rows front / side / back / overhead captions, 2 DDIM samples each "
             "(guidance 10, seed 0), upscaled 2×.", ""]
   return "\n".join(lines)
+
+
+def _summary(folder: str) -> dict:
+  """training_summary.json of a finished folder, or {} when it has none (a folder not made by this trainer)."""
+  path = pathlib.Path(folder).expanduser() / SUMMARY_FILE
+  return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _final_params(state) -> dict:
@@ -615,6 +638,8 @@ if __name__ == "__main__":
   flags.DEFINE_float("unet_lr", 1e-3, "Peak Adam learning rate of the UNet (and text encoder).")
   flags.DEFINE_string("vae_from", "", "Take the VAE of this finished SD folder instead of training one (the UNet "
                       "and text encoder are trained anew).")
+  flags.DEFINE_string("init", "", "Continue from this finished SD folder: its VAE (frozen), UNet and text encoder; "
+                      "the UNet stage runs --unet_steps more steps with a fresh schedule.")
   flags.DEFINE_bool("standardise_latents", False, "Centre the VAE's latent channels and give them unit std (an "
                     "exact reparametrisation folded into its 1x1 convs) before the scaling_factor is measured. Off by "
                     "default: measured on 'a red cube' it did not make text-to-3D draw shapes (docs/toy_sd.md).")
