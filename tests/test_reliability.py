@@ -189,10 +189,30 @@ def test_a_live_run_holds_its_workdir_and_a_dead_one_does_not(finished_run, tmp_
   assert "is a finished run (step 12, exports complete); nothing to do" in out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_the_current_step(finished_run, tmp_path, sig):
-  """Ctrl-C / SIGTERM mid-run: exit 130 with one line, a checkpoint of the step it stopped after, metrics up to that
-  step, and --resume continues from there."""
+def test_stop_request_takes_sigint_and_sigterm_alike_and_restores_the_handlers():
+  """Both signals go through one handler: the first sets `requested` to the signal's name, a second raises
+  KeyboardInterrupt at once, and leaving the block puts back the handlers that were there. (So the process-level test
+  below runs one signal; SIGTERM to a multi-host run is tested end to end in tests/test_multihost.py.)"""
+  from dreamjax import stop_signals
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    with stop_signals.StopRequest() as stop:
+      assert stop.requested is None
+      os.kill(os.getpid(), sig)
+      deadline = time.time() + 5
+      while stop.requested is None and time.time() < deadline:
+        time.sleep(0.01)
+      assert stop.requested == sig.name
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), sig)
+        time.sleep(1)
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+def test_a_signal_saves_the_current_step(finished_run, tmp_path):
+  """Ctrl-C mid-run (SIGINT, the handler SIGTERM shares): exit 130 with one line, a checkpoint of the step it stopped
+  after, metrics up to that step, and --resume continues from there."""
+  sig = signal.SIGINT
   wd = _copy(finished_run, tmp_path)
   long_run = RUN[:-4] + ["--config.train.num_steps=4000", "--config.train.checkpoint_every=1000",
                          "--config.train.log_every=2", "--config.train.preview_every=0"]
