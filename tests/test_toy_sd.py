@@ -72,13 +72,33 @@ def test_tokenizer_makes_every_toy_word_one_token(tmp_path):
   assert tok.pad_token == "<|endoftext|>" and tok.model_max_length == 77
 
 
+def _random_params(seed: int, unet, vae, text) -> dict:
+  """Random weights in the toy model's shapes, drawn in NumPy: kernels N(0, 1/fan_in), norm scales 1 + N(0, 0.05²),
+  biases N(0, 0.05²), embeddings N(0, 0.02²). Every leaf is nonzero, so a dropped or swapped one would show; the
+  shapes come from jax.eval_shape, as Flax's own init runs the models op by op (about 30 s here)."""
+  key = jax.random.PRNGKey(0)
+  shapes = {"unet": jax.eval_shape(unet.init_weights, key), "vae": jax.eval_shape(vae.init_weights, key),
+            "text_encoder": jax.eval_shape(lambda k: text.init_weights(k, (1, 77)), key)}
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    n = rng.standard_normal(leaf.shape).astype(np.float32)
+    name = path[-1].key
+    if name == "scale":
+      return jnp.asarray(1.0 + 0.05 * n)
+    if name == "bias":
+      return jnp.asarray(0.05 * n)
+    if name == "embedding":
+      return jnp.asarray(0.02 * n)
+    return jnp.asarray(n / np.sqrt(np.prod(leaf.shape[:-1])))
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 @pytest.fixture(scope="module")
 def random_toy_folder(tmp_path_factory):
   """A toy model with random weights, written by `write_folder`; (folder, params)."""
   unet, vae, text = train_sd.build_modules()
-  params = train_sd.init_params(3, unet, vae, text)
-  params = jax.tree_util.tree_map(  # nonzero biases and norm offsets, so a dropped or swapped one would show
-      lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(x.size), x.shape), params)
+  params = _random_params(3, unet, vae, text)
   folder = sd_folder.write_folder(tmp_path_factory.mktemp("toy_sd") / "model", params, scaling_factor=0.37)
   return folder, params, (unet, vae, text)
 
@@ -130,7 +150,7 @@ def test_train_state_round_trip(random_toy_folder, tmp_path):
   state = {"stage": "unet", "step": 17, "params": params, "ema": params, "opt": opt, "scaling_factor": 0.5,
            "curves": {"vae": [0.1, 0.05], "unet": [0.3]}, "extra": {"vae": {"latent_std": 2.0}}}
   train_sd.save_state(tmp_path, state)
-  fresh = train_sd.init_params(0, unet, vae, text)
+  fresh = jax.tree_util.tree_map(jnp.zeros_like, params)  # the restore template: structure only
   template = {"stage": "vae", "step": 0, "params": fresh, "ema": fresh, "opt": None, "scaling_factor": 1.0,
               "curves": {}, "extra": {}}
   back = train_sd._resume(tmp_path, template, unet, vae, text, flags)
