@@ -75,10 +75,9 @@ def test_tokenizer_makes_every_toy_word_one_token(tmp_path):
 def _random_params(seed: int, unet, vae, text) -> dict:
   """Random weights in the toy model's shapes, drawn in NumPy: kernels N(0, 1/fan_in), norm scales 1 + N(0, 0.05²),
   biases N(0, 0.05²), embeddings N(0, 0.02²). Every leaf is nonzero, so a dropped or swapped one would show; the
-  shapes come from jax.eval_shape, as Flax's own init runs the models op by op (about 30 s here)."""
-  key = jax.random.PRNGKey(0)
-  shapes = {"unet": jax.eval_shape(unet.init_weights, key), "vae": jax.eval_shape(vae.init_weights, key),
-            "text_encoder": jax.eval_shape(lambda k: text.init_weights(k, (1, 77)), key)}
+  shapes come from `weights.param_shapes`, as Flax's own init runs the models op by op (about 30 s here)."""
+  shapes = {"unet": weights.param_shapes(unet.init_weights), "vae": weights.param_shapes(vae.init_weights),
+            "text_encoder": weights.param_shapes(text.init_weights, (1, 77))}
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):

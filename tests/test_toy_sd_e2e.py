@@ -5,9 +5,9 @@ latents. The judge is independent of the prior: the toy classifier's colour head
 analytic silhouette.
 
 What this model delivers today (docs/toy_sd.md) is the prompt's colour on an object, not the shape: the runs fill
-much of the scene bound. So the test asserts the colour (measured: 100% of the views for both prompts, at 150 and
-200 steps with guidance 30 and at 600 with 30 and 100) and an IoU above the untrained density blob's (0.25-0.26
-against the cube and the sphere; measured 0.45-0.48 at 150 steps, 0.47-0.50 at 200).
+much of the scene bound. So the test asserts the colour (measured: 100% of the views for both prompts, at 150 steps
+with the config's guidance 100, at 200 with 30 and at 600 with 30 and 100) and an IoU above the untrained density
+blob's (0.25-0.26 against the cube and the sphere; measured 0.45-0.48 at 150 steps, 0.47-0.50 at 200).
 """
 
 import jax
