@@ -43,20 +43,24 @@ def test_toy_prompt_becomes_the_object(prompt, tmp_path, request):
 
 TWO_PART = "a yellow cylinder with a green sphere on top"  # the two-part prompt whose colours the toy prior binds
 # Measured with configs/toy.py, seeds 0 / 1: part colour (cylinder / sphere) 100 / 100% and 75 / 100%, right pixels
-# 59 / 97% and 60 / 97%, IoU 0.73 / 0.74 (docs/composition.md).
+# 59 / 97% and 60 / 97%, IoU 0.73 / 0.74 (docs/composition.md). The test runs 500 of the 600 steps (CI time):
+# seeds 0 / 1 gave part colour 100 / 100% both, right pixels 82 / 88% and 70 / 94%, IoU 0.73 / 0.74 (at 400 steps
+# seed 1 fell to 50 / 100%, on the threshold, so 400 was not taken).
+TWO_PART_STEPS = 500
 PART_COLOUR_MIN = 0.5  # per part: fraction of held-out views where most of the part's pixels have its colour
 PART_PIXELS_MIN = 0.4  # per part: mean fraction of its visible pixels with its colour (a one-colour stack: 0)
 TWO_PART_IOU_MIN = 0.55
 
 
 def test_two_part_prompt_keeps_both_colours(tmp_path):
-  """Composition: "a yellow cylinder with a green sphere on top" trained with configs/toy.py gives a stacked object
-  whose two analytic parts each carry their own colour (toy.evaluate's part colour accuracy, judged on the rendered
+  """Composition: "a yellow cylinder with a green sphere on top" trained with configs/toy.py (500 steps) gives a
+  stacked object whose two analytic parts each carry their own colour (toy.evaluate's part colour accuracy, judged on the rendered
   albedo inside each part's visible region, independent of the prior) and the object's silhouette. The other three
   two-part prompts lose a colour to this prior (README "Composition"), so they are not asserted here."""
   config = toy.get_config()
   config.prompt = TWO_PART
   config.train.preview_every = 0  # the CPU time goes to training (previews are tested above)
+  config.train.num_steps = TWO_PART_STEPS
   params = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False, export=False).params
   score = evaluate.score_params(jax.device_get(params), config, TWO_PART, clf_lib.load())
   print(f"{TWO_PART}: {score}")
