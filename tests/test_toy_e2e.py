@@ -54,9 +54,10 @@ TWO_PART_IOU_MIN = 0.55
 
 def test_two_part_prompt_keeps_both_colours(tmp_path):
   """Composition: "a yellow cylinder with a green sphere on top" trained with configs/toy.py (500 steps) gives a
-  stacked object whose two analytic parts each carry their own colour (toy.evaluate's part colour accuracy, judged on the rendered
-  albedo inside each part's visible region, independent of the prior) and the object's silhouette. The other three
-  two-part prompts lose a colour to this prior (README "Composition"), so they are not asserted here."""
+  stacked object whose two analytic parts each carry their own colour (toy.evaluate's part colour accuracy, judged
+  on the rendered albedo inside each part's visible region, independent of the prior) and the object's silhouette.
+  The other three two-part prompts lose a colour to this prior (README "Composition"), so they are not asserted
+  here."""
   config = toy.get_config()
   config.prompt = TWO_PART
   config.train.preview_every = 0  # the CPU time goes to training (previews are tested above)
