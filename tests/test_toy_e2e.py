@@ -45,7 +45,8 @@ TWO_PART = "a yellow cylinder with a green sphere on top"  # the two-part prompt
 # Measured with configs/toy.py, seeds 0 / 1: part colour (cylinder / sphere) 100 / 100% and 75 / 100%, right pixels
 # 59 / 97% and 60 / 97%, IoU 0.73 / 0.74 (docs/composition.md). The test runs 500 of the 600 steps (CI time):
 # seeds 0 / 1 gave part colour 100 / 100% both, right pixels 82 / 88% and 70 / 94%, IoU 0.73 / 0.74 (at 400 steps
-# seed 1 fell to 50 / 100%, on the threshold, so 400 was not taken).
+# seed 1 fell to 50 / 100%, on the threshold, so 400 was not taken). Reproduce: `python -m dreamjax.toy.evaluate
+# --prompts "a yellow cylinder with a green sphere on top" --steps 500 --config.seed=1`.
 TWO_PART_STEPS = 500
 PART_COLOUR_MIN = 0.5  # per part: fraction of held-out views where most of the part's pixels have its colour
 PART_PIXELS_MIN = 0.4  # per part: mean fraction of its visible pixels with its colour (a one-colour stack: 0)
