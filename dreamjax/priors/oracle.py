@@ -94,3 +94,37 @@ class OraclePrior:
     x_star = jnp.where(empty, 0.0, 2.0 * self.render_truth(emb, h, w) - 1.0)
     abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
     return (z_t - jnp.sqrt(abar) * x_star) / jnp.sqrt(1.0 - abar)
+
+
+class LatentOraclePrior(OraclePrior):
+  """The oracle in a latent-diffusion model's latent space: the data distribution is a point mass at
+  z* = (E_mean(x*) - shift) · scaling_factor, the scaled posterior mean of the view's true render x* under the VAE of
+  `latent_prior` (a `StableDiffusion`), so eps_hat = (z_t - sqrt(abar) z*) / sqrt(1 - abar).
+
+  Everything but the UNet is `latent_prior`'s own code: renders reach the latents through its `to_latents` (resize
+  to the VAE's input, the encoder differentiated, a posterior sample, scaling_factor) and its noise schedule is
+  used. Training a NeRF against it shows whether that path carries an object's shape back to the scene, with no
+  learned denoiser in the way (`python -m dreamjax.toy.oracle_check`).
+  """
+
+  def __init__(self, latent_prior, field_fn: Callable = two_tone_sphere, background=(1.0, 1.0, 1.0),
+               settings: render.RenderSettings = render.RenderSettings(num_coarse=64, num_fine=64)):
+    super().__init__(field_fn, background, settings)
+    self.latent_prior = latent_prior
+    self.params = latent_prior.params
+    self.alphas_cumprod = np.asarray(latent_prior.alphas_cumprod)
+
+  def to_latents(self, params, images: jnp.ndarray, rng) -> jnp.ndarray:
+    return self.latent_prior.to_latents(params, images, rng)
+
+  def target_latents(self, params, emb: jnp.ndarray) -> jnp.ndarray:
+    """z* [N, h, w, c]: the scaled posterior mean of the true renders for packed views emb [N, 1, 17]."""
+    size = self.latent_prior.image_size
+    mean, _ = self.latent_prior.latent_moments(params, self.render_truth(emb, size, size))
+    return (mean - self.latent_prior.shift_factor) * self.latent_prior.scaling_factor
+
+  def predict_eps(self, params, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+    empty = (emb[:, 0, 12] == 0)[:, None, None, None]
+    z_star = jnp.where(empty, 0.0, self.target_latents(params, emb))
+    abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
+    return (z_t - jnp.sqrt(abar) * z_star) / jnp.sqrt(1.0 - abar)
