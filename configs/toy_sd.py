@@ -28,7 +28,7 @@ def get_config():
   c.render.width = 32
   c.render.random_background_prob = 1.0  # configs/toy.py: 0.5. With the background MLP in half the views, the
   # latent prior's gradient emptied 8 of the 24 toy scenes (all cones, three tori) once shading began; with a random
-  # solid colour in every view none of the 7 of those re-run emptied ("a green cone": IoU 0.00 -> 0.73; docs/toy_sd.md)
+  # solid colour in every view none of the 8 re-run emptied ("a green cone": IoU 0.00 -> 0.73; docs/toy_sd.md)
   c.distill.guidance_scale = 100.0  # the paper's value (configs/toy.py lowers it to 30 for the pixel prior); here,
   # "a red cube", 600 steps, one seed: Color 75% / Geo 38% / IoU 0.47 at 100, 12% / 0% / 0.47 at 30 (docs/toy_sd.md)
   return c

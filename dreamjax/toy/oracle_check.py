@@ -10,8 +10,8 @@ For each toy prompt, two NeRFs are trained with the config (configs/toy_sd.py by
     any SD folder or hub id).
 Neither has a learned denoiser, so when the latent oracle rebuilds the object as well as the pixel oracle, a failure
 of text-to-3D with that model lies in its UNet's knowledge, not in the SD code path. Guidance is off (the oracles
-ignore text) and the true renders are over white, so the runs use solid white-learnable backgrounds (the background
-MLP; random solid backgrounds off).
+ignore text) and the true renders are over white, so the runs use the background MLP in every view (it learns the
+white; random solid backgrounds off).
 
   python -m dreamjax.toy.oracle_check --prompts "a red cone;a red cube" [--steps 150] [--config configs/toy_sd.py]
 """
@@ -67,7 +67,7 @@ def run(kind: str, prompt: str, config, workdir, classifier, latent_prior=None,
   t0 = time.time()
   prior = make_oracle(kind, prompt, latent_prior)
   state = train.train_and_evaluate(config, workdir, prior=prior, export=False, progress=False,
-                                num_devices=num_devices)
+                                     num_devices=num_devices)
   s = evaluate.score_params(jax.device_get(state.params), config, prompt, classifier)
   return evaluate.Score.from_result(prompt, s, time.time() - t0)
 
