@@ -87,11 +87,15 @@ class OraclePrior:
     del params, rng
     return 2.0 * images - 1.0
 
-  def predict_eps(self, params, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+  def target(self, params, emb: jnp.ndarray, latent_shape) -> jnp.ndarray:
+    """x* [N, H, W, 3] in [-1, 1]: the true renders of packed views emb [N, 1, 17] at the latents' size."""
     del params
-    b, h, w, _ = z_t.shape
+    _, h, w, _ = latent_shape
+    return 2.0 * self.render_truth(emb, h, w) - 1.0
+
+  def predict_eps(self, params, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
     empty = (emb[:, 0, 12] == 0)[:, None, None, None]
-    x_star = jnp.where(empty, 0.0, 2.0 * self.render_truth(emb, h, w) - 1.0)
+    x_star = jnp.where(empty, 0.0, self.target(params, emb, z_t.shape))
     abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
     return (z_t - jnp.sqrt(abar) * x_star) / jnp.sqrt(1.0 - abar)
 
@@ -117,14 +121,10 @@ class LatentOraclePrior(OraclePrior):
   def to_latents(self, params, images: jnp.ndarray, rng) -> jnp.ndarray:
     return self.latent_prior.to_latents(params, images, rng)
 
-  def target_latents(self, params, emb: jnp.ndarray) -> jnp.ndarray:
-    """z* [N, h, w, c]: the scaled posterior mean of the true renders for packed views emb [N, 1, 17]."""
+  def target(self, params, emb: jnp.ndarray, latent_shape) -> jnp.ndarray:
+    """z* [N, h, w, c]: the scaled posterior mean of the true renders (at the VAE's input size) of packed views
+    emb [N, 1, 17]."""
+    del latent_shape
     size = self.latent_prior.image_size
     mean, _ = self.latent_prior.latent_moments(params, self.render_truth(emb, size, size))
     return (mean - self.latent_prior.shift_factor) * self.latent_prior.scaling_factor
-
-  def predict_eps(self, params, z_t: jnp.ndarray, t: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
-    empty = (emb[:, 0, 12] == 0)[:, None, None, None]
-    z_star = jnp.where(empty, 0.0, self.target_latents(params, emb))
-    abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
-    return (z_t - jnp.sqrt(abar) * z_star) / jnp.sqrt(1.0 - abar)

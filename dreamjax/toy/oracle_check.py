@@ -18,6 +18,7 @@ white; random solid backgrounds off).
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 
@@ -59,6 +60,10 @@ def make_oracle(kind: str, prompt: str, latent_prior=None, samples: int = 48):
   return oracle.LatentOraclePrior(latent_prior, field_fn=shapes.field(arrs), settings=settings)
 
 
+def workdir_for(root: pathlib.Path, kind: str, prompt: str) -> pathlib.Path:
+  return root / f"{kind}_{prompt.replace(' ', '_')}"
+
+
 def run(kind: str, prompt: str, config, workdir, classifier, latent_prior=None,
         num_devices: int | None = None) -> evaluate.Score:
   """Trains one oracle run into `workdir` (a new folder) on `num_devices` (None: all) and scores it as toy.evaluate
@@ -88,30 +93,25 @@ def main(argv) -> None:
   if f.steps < 0:
     raise ValueError(f"--steps must be >= 0 (got {f.steps}; 0 keeps the config's)")
   root = pathlib.Path(f.workdir_root)
-  for p in prompts:
-    for k in KINDS:
-      wd = root / f"{k}_{p.replace(' ', '_')}"
-      if wd.exists():
-        raise ValueError(f"{wd} exists: choose another --workdir_root (nothing was changed)")
-  base = f.config
+  for wd in (workdir_for(root, k, p) for p in prompts for k in KINDS):
+    if wd.exists():
+      raise ValueError(f"{wd} exists: choose another --workdir_root (nothing was changed)")
+  base = cli.resolved_config()
   if base.prior.kind != "stable_diffusion":
     raise ValueError(f"config.prior.kind is {base.prior.kind!r}: the latent oracle needs a latent-diffusion prior "
                      "('stable_diffusion', e.g. --config configs/toy_sd.py)")
+  config_check.check(oracle_config(base, prompts[0], f.steps))  # before anything loads; prompts change nothing else
   latent_prior = load.load_prior(base)
   classifier = clf_lib.load()
-  rows = []
+  scores = []
   for p in prompts:
     c = oracle_config(base, p, f.steps)
-    config_check.check(c)
     for k in KINDS:
-      s = run(k, p, c, root / f"{k}_{p.replace(' ', '_')}", classifier, latent_prior)
+      s = run(k, p, c, workdir_for(root, k, p), classifier, latent_prior)
       print(f"{k} oracle, {p}: Color {s.color}, Geo {s.geo}, IoU {s.iou:.3f}, floaters {s.floaters:.4f} "
             f"({s.seconds:.0f} s)", flush=True)
-      rows.append((k, s))
-  print("| oracle | prompt | Color (%) | Geo (%) | IoU | floaters | s |\n| --- | --- | --- | --- | --- | --- | --- |")
-  pct = lambda v: "–" if v is None else f"{100 * v:.0f}"
-  for k, s in rows:
-    print(f"| {k} | {s.prompt} | {pct(s.color)} | {pct(s.geo)} | {s.iou:.2f} | {s.floaters:.3f} | {s.seconds:.0f} |")
+      scores.append(dataclasses.replace(s, prompt=f"{p} ({k} oracle)"))
+  print(evaluate.table(scores))
 
 
 if __name__ == "__main__":
