@@ -8,6 +8,8 @@ shape and colour in at least half of the evaluation views, and the silhouette Io
 the issue's suggested IoU bar of 0.6 is not reached by the cube yet).
 """
 
+import os
+
 import jax
 import pytest
 
@@ -47,12 +49,14 @@ TWO_PART = "a yellow cylinder with a green sphere on top"  # the two-part prompt
 # seeds 0 / 1 gave part colour 100 / 100% both, right pixels 82 / 88% and 70 / 94%, IoU 0.73 / 0.74 (at 400 steps
 # seed 1 fell to 50 / 100%, on the threshold, so 400 was not taken). Reproduce: `python -m dreamjax.toy.evaluate
 # --prompts "a yellow cylinder with a green sphere on top" --steps 500 --config.seed=1`.
-TWO_PART_STEPS = 500
+TWO_PART_STEPS = 500  # opt-in (DREAMJAX_SLOW_TESTS=1): the suite had passed its 30-minute CI target
 PART_COLOUR_MIN = 0.5  # per part: fraction of held-out views where most of the part's pixels have its colour
 PART_PIXELS_MIN = 0.4  # per part: mean fraction of its visible pixels with its colour (a one-colour stack: 0)
 TWO_PART_IOU_MIN = 0.55
 
 
+@pytest.mark.skipif(os.environ.get("DREAMJAX_SLOW_TESTS") != "1",
+                    reason="a 500-step toy run (about 300 s of the 2-core CI's time); DREAMJAX_SLOW_TESTS=1 runs it")
 def test_two_part_prompt_keeps_both_colours(tmp_path):
   """Composition: "a yellow cylinder with a green sphere on top" trained with configs/toy.py (500 steps) gives a
   stacked object whose two analytic parts each carry their own colour (toy.evaluate's part colour accuracy, judged

@@ -34,8 +34,10 @@ def test_toy_prompt_through_the_sd_path(prompt, tmp_path):
   config.prompt = prompt
   config.train.num_steps = STEPS
   config.export.video_frames = 8
-  state = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False)
-  assert list((tmp_path / "export").glob("mesh.*")) and list((tmp_path / "previews").glob("*.png"))
+  exports = prompt == PROMPTS[0]  # the export through this config is checked once (CI time)
+  state = train.train_and_evaluate(config, tmp_path, num_devices=1, progress=False, export=exports)
+  assert list((tmp_path / "previews").glob("*.png"))
+  assert list((tmp_path / "export").glob("mesh.*")) or not exports
   score = evaluate.score_params(jax.device_get(state.params), config, prompt, clf_lib.load())
   print(f"{prompt}: {score}")
   assert score["colour_only"] >= COLOUR_MIN, score
